@@ -1,0 +1,60 @@
+"""The `medhash` command. Each subcommand lives in medhash_sdk/commands/<name>.py with
+`register(subparsers)` (argument parsing only, cheap imports) and `run(args) -> int`.
+Commands that need torch (train, eval, export) import the training package inside run(),
+with an install hint when torch is missing.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+from .exceptions import MedhashError
+
+# command name -> module under medhash_sdk.commands
+COMMANDS = {
+    "demo": "demo",
+    "encode": "encode",
+    "index": "index",
+    "search": "search",
+    "engine": "engine",
+    "train": "train",
+    "eval": "eval",
+    "export": "export",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medhash", description="Find similar medical images by deep hashing.")
+    parser.add_argument("--version", action="version", version=f"medhash-sdk {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        try:
+            mod = importlib.import_module(f".commands.{module}", __package__)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__package__}.commands.{module}":
+                raise
+            continue  # command not built yet
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except MedhashError as e:
+        print(f"medhash {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"medhash {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
