@@ -1,4 +1,4 @@
-"""Subcommands of the `medhash` CLI: each module has register(subparsers) and run(args)."""
+"""Subcommands of the `medhash` CLI: each module has register(subparsers) and run(args).
 
 Convention::
 
