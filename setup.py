@@ -11,6 +11,7 @@ ext_modules = [
         "medhash_sdk._hamming",
         ["csrc/bindings.cpp"],
         include_dirs=["csrc"],
+        depends=["csrc/hamming.h", "csrc/hamming_scalar.inc", "csrc/topk.h"],
         cxx_std=17,
         extra_compile_args=["-O3"],
     ),

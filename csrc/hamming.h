@@ -1,0 +1,499 @@
+// Exact Hamming search over packed binary codes: distance kernels specialised per code size
+// (8, 16, 32 bytes, generic) and per instruction set, chosen at run time, and the driver that
+// splits work across query blocks (batches) or row ranges (single queries) and threads.
+//
+// Instruction sets: the build uses portable flags; each SIMD kernel carries its own
+// __attribute__((target(...))) and runs only when __builtin_cpu_supports says so. On other
+// architectures only the portable kernels are compiled.
+//
+// One pass: each kernel computes a vector of distances, compares it with the top-k threshold
+// in registers and leaves the loop only for rows below it (rare after the first few thousand
+// rows), so a single query streams the codes once at close to memory speed. A batch scans the
+// codes once per block of queries, a cache-sized chunk of rows at a time.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "topk.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define MEDHASH_X86 1
+#include <immintrin.h>
+#else
+#define MEDHASH_X86 0
+#endif
+
+namespace medhash {
+
+enum SimdLevel : int { LEVEL_PORTABLE = 0, LEVEL_POPCNT = 1, LEVEL_AVX2 = 2, LEVEL_AVX512 = 3 };
+
+inline const char* level_name(int level) {
+    switch (level) {
+        case LEVEL_AVX512: return "avx512_vpopcntdq";
+        case LEVEL_AVX2: return "avx2";
+        case LEVEL_POPCNT: return "popcnt";
+        default: return "portable";
+    }
+}
+
+// Best level this CPU (and OS, for the wide registers) supports.
+inline int detect_level() {
+#if MEDHASH_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vpopcntdq"))
+        return LEVEL_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt")) return LEVEL_AVX2;
+    if (__builtin_cpu_supports("popcnt")) return LEVEL_POPCNT;
+#endif
+    return LEVEL_PORTABLE;
+}
+
+// Scan rows [begin, end) of codes (nbytes each) against one query, feeding the top-k state.
+using ScanFn = void (*)(const uint8_t* codes, int64_t nbytes, int64_t begin, int64_t end,
+                        const uint8_t* query, TopK& st, const uint8_t* allow);
+
+inline uint64_t load_u64(const uint8_t* p) {
+    uint64_t x;
+    std::memcpy(&x, p, 8);
+    return x;
+}
+
+// The slow path shared by all kernels: a row below the threshold, if the allow mask lets it.
+inline void offer(TopK& st, int64_t row, int d, const uint8_t* allow, int& T) {
+    if (d < T && (allow == nullptr || allow[row] != 0)) {
+        st.push(row, d);
+        T = st.threshold();
+    }
+}
+
+inline uint64_t popcount64_swar(uint64_t x) {
+    x = x - ((x >> 1) & 0x5555555555555555ULL);
+    x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0FULL;
+    return (x * 0x0101010101010101ULL) >> 56;
+}
+
+// ---- portable: no instruction beyond the base ISA ----
+namespace portable {
+#define MH_TARGET
+#if MEDHASH_X86
+#define MH_POPCOUNT64(x) popcount64_swar(x)  // base x86-64 has no popcnt instruction
+#else
+#define MH_POPCOUNT64(x) __builtin_popcountll(x)  // a native instruction on aarch64
+#endif
+#include "hamming_scalar.inc"
+#undef MH_TARGET
+#undef MH_POPCOUNT64
+}  // namespace portable
+
+#if MEDHASH_X86
+// ---- popcnt: scalar, one popcnt instruction per 64 bits ----
+namespace popcnt {
+#define MH_TARGET __attribute__((target("popcnt")))
+#define MH_POPCOUNT64(x) static_cast<uint64_t>(__builtin_popcountll(x))
+#include "hamming_scalar.inc"
+#undef MH_TARGET
+#undef MH_POPCOUNT64
+}  // namespace popcnt
+
+// Shared by the two vector levels: walk the set bits of a mask of lanes below the threshold.
+// dist holds the distances of the rows row0, row0 + 1, ...
+inline void offer_mask(TopK& st, int64_t row0, uint64_t mask, const uint64_t* dist,
+                       const uint8_t* allow, int& T) {
+    while (mask) {
+        const int lane = __builtin_ctzll(mask);
+        mask &= mask - 1;
+        offer(st, row0 + lane, static_cast<int>(dist[lane]), allow, T);
+    }
+}
+
+// ---- AVX2: byte popcount by nibble lookup (vpshufb), summed by vpsadbw ----
+namespace avx2 {
+#define MH_AVX2 __attribute__((target("avx2,popcnt")))
+
+MH_AVX2 static inline __m256i popcount_bytes(__m256i v) {
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    const __m256i lo = _mm256_and_si256(v, low);
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+    return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
+}
+
+// popcount of each 64-bit lane of a ^ b
+MH_AVX2 static inline __m256i popcount_xor64(__m256i a, __m256i b) {
+    return _mm256_sad_epu8(popcount_bytes(_mm256_xor_si256(a, b)), _mm256_setzero_si256());
+}
+
+// Distances of 4 consecutive rows (NB bytes each) as 4 uint64 lanes in row order.
+template <int NB>
+MH_AVX2 static inline __m256i dist4(const uint8_t* p, __m256i q);
+
+template <>
+MH_AVX2 inline __m256i dist4<8>(const uint8_t* p, __m256i q) {
+    return popcount_xor64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), q);
+}
+
+template <>
+MH_AVX2 inline __m256i dist4<16>(const uint8_t* p, __m256i q) {
+    // s0 = [r0a r0b r1a r1b], s1 = [r2a r2b r3a r3b] (a, b: the two 64-bit halves)
+    const __m256i s0 = popcount_xor64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), q);
+    const __m256i s1 = popcount_xor64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32)), q);
+    const __m256i s = _mm256_add_epi64(_mm256_unpacklo_epi64(s0, s1), _mm256_unpackhi_epi64(s0, s1));
+    // s = [r0 r2 r1 r3]
+    return _mm256_permute4x64_epi64(s, _MM_SHUFFLE(3, 1, 2, 0));
+}
+
+template <>
+MH_AVX2 inline __m256i dist4<32>(const uint8_t* p, __m256i q) {
+    const __m256i s0 = popcount_xor64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), q);
+    const __m256i s1 = popcount_xor64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32)), q);
+    const __m256i s2 = popcount_xor64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64)), q);
+    const __m256i s3 = popcount_xor64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 96)), q);
+    // a01 = [r0 w0+w1, r1 w0+w1, r0 w2+w3, r1 w2+w3], same for a23 with rows 2, 3
+    const __m256i a01 = _mm256_add_epi64(_mm256_unpacklo_epi64(s0, s1), _mm256_unpackhi_epi64(s0, s1));
+    const __m256i a23 = _mm256_add_epi64(_mm256_unpacklo_epi64(s2, s3), _mm256_unpackhi_epi64(s2, s3));
+    return _mm256_add_epi64(_mm256_permute2x128_si256(a01, a23, 0x20),
+                            _mm256_permute2x128_si256(a01, a23, 0x31));
+}
+
+template <int NB>
+MH_AVX2 static inline __m256i broadcast_query(const uint8_t* q) {
+    if constexpr (NB == 8) {
+        return _mm256_set1_epi64x(static_cast<long long>(load_u64(q)));
+    } else if constexpr (NB == 16) {
+        return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
+    } else {
+        return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+    }
+}
+
+template <int NB>
+MH_AVX2 static void scan(const uint8_t* codes, int64_t, int64_t begin, int64_t end,
+                         const uint8_t* query, TopK& st, const uint8_t* allow) {
+    const __m256i q = broadcast_query<NB>(query);
+    int T = st.threshold();
+    __m256i vT = _mm256_set1_epi64x(T);
+    int64_t row = begin;
+    const uint8_t* p = codes + row * NB;
+    alignas(32) uint64_t dist[16];
+    for (; row + 16 <= end; row += 16, p += 16 * NB) {
+        const __m256i d0 = dist4<NB>(p, q);
+        const __m256i d1 = dist4<NB>(p + 4 * NB, q);
+        const __m256i d2 = dist4<NB>(p + 8 * NB, q);
+        const __m256i d3 = dist4<NB>(p + 12 * NB, q);
+        const unsigned m0 = static_cast<unsigned>(_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(vT, d0))));
+        const unsigned m1 = static_cast<unsigned>(_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(vT, d1))));
+        const unsigned m2 = static_cast<unsigned>(_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(vT, d2))));
+        const unsigned m3 = static_cast<unsigned>(_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(vT, d3))));
+        const unsigned m = m0 | (m1 << 4) | (m2 << 8) | (m3 << 12);
+        if (m) {
+            _mm256_store_si256(reinterpret_cast<__m256i*>(dist), d0);
+            _mm256_store_si256(reinterpret_cast<__m256i*>(dist + 4), d1);
+            _mm256_store_si256(reinterpret_cast<__m256i*>(dist + 8), d2);
+            _mm256_store_si256(reinterpret_cast<__m256i*>(dist + 12), d3);
+            offer_mask(st, row, m, dist, allow, T);
+            vT = _mm256_set1_epi64x(T);
+        }
+    }
+    popcnt::scan_fixed<NB>(codes, row, end, query, st, allow);
+}
+
+static ScanFn select(int64_t nbytes) {
+    switch (nbytes) {
+        case 8: return scan<8>;
+        case 16: return scan<16>;
+        case 32: return scan<32>;
+        default: return popcnt::select(nbytes);
+    }
+}
+#undef MH_AVX2
+}  // namespace avx2
+
+// ---- AVX-512 VPOPCNTDQ: eight 64-bit popcounts per instruction ----
+namespace avx512 {
+#define MH_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq,avx2,popcnt")))
+
+// Distances of 8 consecutive rows (NB bytes each) as 8 uint64 lanes in row order.
+template <int NB>
+MH_AVX512 static inline __m512i dist8(const uint8_t* p, __m512i q);
+
+template <>
+MH_AVX512 inline __m512i dist8<8>(const uint8_t* p, __m512i q) {
+    return _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(p), q));
+}
+
+template <>
+MH_AVX512 inline __m512i dist8<16>(const uint8_t* p, __m512i q) {
+    // each register: 4 rows x 2 words; pair the words within 128-bit lanes
+    const __m512i s0 = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(p), q));
+    const __m512i s1 = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(p + 64), q));
+    const __m512i s = _mm512_add_epi64(_mm512_unpacklo_epi64(s0, s1), _mm512_unpackhi_epi64(s0, s1));
+    // s = [r0 r4 r1 r5 r2 r6 r3 r7]
+    return _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7), s);
+}
+
+template <>
+MH_AVX512 inline __m512i dist8<32>(const uint8_t* p, __m512i q) {
+    // each register: 2 rows x 4 words
+    const __m512i s0 = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(p), q));
+    const __m512i s1 = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(p + 64), q));
+    const __m512i s2 = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(p + 128), q));
+    const __m512i s3 = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(p + 192), q));
+    // a01 lanes (128-bit): [r0 h0, r2 h0], [r0 h1, r2 h1], [r1 h0, r3 h0], [r1 h1, r3 h1]
+    const __m512i a01 = _mm512_add_epi64(_mm512_unpacklo_epi64(s0, s1), _mm512_unpackhi_epi64(s0, s1));
+    const __m512i a23 = _mm512_add_epi64(_mm512_unpacklo_epi64(s2, s3), _mm512_unpackhi_epi64(s2, s3));
+    // add the two halves: lanes become [r0 r2], [r0 r2], [r1 r3], [r1 r3]
+    const __m512i b01 = _mm512_add_epi64(a01, _mm512_shuffle_i64x2(a01, a01, _MM_SHUFFLE(2, 3, 0, 1)));
+    const __m512i b23 = _mm512_add_epi64(a23, _mm512_shuffle_i64x2(a23, a23, _MM_SHUFFLE(2, 3, 0, 1)));
+    // [r0 r2 r1 r3 r4 r6 r5 r7]
+    const __m512i r = _mm512_shuffle_i64x2(b01, b23, _MM_SHUFFLE(2, 0, 2, 0));
+    return _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 2, 1, 3, 4, 6, 5, 7), r);
+}
+
+template <int NB>
+MH_AVX512 static inline __m512i broadcast_query(const uint8_t* q) {
+    if constexpr (NB == 8) {
+        return _mm512_set1_epi64(static_cast<long long>(load_u64(q)));
+    } else if constexpr (NB == 16) {
+        return _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
+    } else {
+        return _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
+    }
+}
+
+template <int NB>
+MH_AVX512 static void scan(const uint8_t* codes, int64_t, int64_t begin, int64_t end,
+                           const uint8_t* query, TopK& st, const uint8_t* allow) {
+    const __m512i q = broadcast_query<NB>(query);
+    int T = st.threshold();
+    __m512i vT = _mm512_set1_epi64(T);
+    int64_t row = begin;
+    const uint8_t* p = codes + row * NB;
+    alignas(64) uint64_t dist[32];
+    for (; row + 32 <= end; row += 32, p += 32 * NB) {
+        const __m512i d0 = dist8<NB>(p, q);
+        const __m512i d1 = dist8<NB>(p + 8 * NB, q);
+        const __m512i d2 = dist8<NB>(p + 16 * NB, q);
+        const __m512i d3 = dist8<NB>(p + 24 * NB, q);
+        const __mmask8 m0 = _mm512_cmplt_epu64_mask(d0, vT);
+        const __mmask8 m1 = _mm512_cmplt_epu64_mask(d1, vT);
+        const __mmask8 m2 = _mm512_cmplt_epu64_mask(d2, vT);
+        const __mmask8 m3 = _mm512_cmplt_epu64_mask(d3, vT);
+        if ((m0 | m1 | m2 | m3) != 0) {
+            const uint64_t m = static_cast<uint64_t>(m0) | (static_cast<uint64_t>(m1) << 8) |
+                               (static_cast<uint64_t>(m2) << 16) | (static_cast<uint64_t>(m3) << 24);
+            _mm512_store_si512(dist, d0);
+            _mm512_store_si512(dist + 8, d1);
+            _mm512_store_si512(dist + 16, d2);
+            _mm512_store_si512(dist + 24, d3);
+            offer_mask(st, row, m, dist, allow, T);
+            vT = _mm512_set1_epi64(T);
+        }
+    }
+    for (; row + 8 <= end; row += 8, p += 8 * NB) {
+        const __m512i d0 = dist8<NB>(p, q);
+        const __mmask8 m0 = _mm512_cmplt_epu64_mask(d0, vT);
+        if (m0 != 0) {
+            _mm512_store_si512(dist, d0);
+            offer_mask(st, row, m0, dist, allow, T);
+            vT = _mm512_set1_epi64(T);
+        }
+    }
+    popcnt::scan_fixed<NB>(codes, row, end, query, st, allow);
+}
+
+static ScanFn select(int64_t nbytes) {
+    switch (nbytes) {
+        case 8: return scan<8>;
+        case 16: return scan<16>;
+        case 32: return scan<32>;
+        default: return popcnt::select(nbytes);
+    }
+}
+#undef MH_AVX512
+}  // namespace avx512
+#endif  // MEDHASH_X86
+
+inline ScanFn select_scan(int level, int64_t nbytes) {
+#if MEDHASH_X86
+    if (level >= LEVEL_AVX512) return avx512::select(nbytes);
+    if (level >= LEVEL_AVX2) return avx2::select(nbytes);
+    if (level >= LEVEL_POPCNT) return popcnt::select(nbytes);
+#endif
+    (void)level;
+    return portable::select(nbytes);
+}
+
+// ---- driver ----
+
+struct SearchJob {
+    const uint8_t* codes;
+    int64_t n;
+    int64_t nbytes;
+    const uint8_t* queries;
+    int64_t nq;
+    int64_t k;           // results per query (output width)
+    const uint8_t* allow;  // n bytes, 0 = skip the row; or nullptr
+    int64_t* out_rows;   // nq * k
+    int32_t* out_dists;  // nq * k
+};
+
+// Per-thread scratch, reused across calls made from the same thread.
+struct Scratch {
+    std::vector<TopK> states;
+};
+
+inline Scratch& thread_scratch() {
+    thread_local Scratch s;
+    return s;
+}
+
+// Queries [q0, q1) over rows [r0, r1), written with row stride k into rows / dists.
+// More than one query: rows go by in cache-sized chunks and every query of the block scans a
+// chunk while it is hot, so the codes come from memory once per block, not once per query.
+inline void run_block(const SearchJob& job, ScanFn scan, int64_t q0, int64_t q1, int64_t r0,
+                      int64_t r1, int64_t kin, int64_t* rows, int32_t* dists) {
+    Scratch& s = thread_scratch();
+    const int64_t nqb = q1 - q0;
+    if (static_cast<int64_t>(s.states.size()) < nqb) s.states.resize(static_cast<size_t>(nqb));
+    const int max_dist = static_cast<int>(job.nbytes * 8);
+    for (int64_t i = 0; i < nqb; ++i) s.states[static_cast<size_t>(i)].reset(kin, max_dist);
+    if (nqb == 1) {
+        scan(job.codes, job.nbytes, r0, r1, job.queries + q0 * job.nbytes, s.states[0], job.allow);
+    } else {
+        const int64_t chunk = std::max<int64_t>(64, (int64_t{48} * 1024 / job.nbytes) & ~int64_t{63});
+        for (int64_t c0 = r0; c0 < r1; c0 += chunk) {
+            const int64_t c1 = std::min(r1, c0 + chunk);
+            for (int64_t i = 0; i < nqb; ++i)
+                scan(job.codes, job.nbytes, c0, c1, job.queries + (q0 + i) * job.nbytes,
+                     s.states[static_cast<size_t>(i)], job.allow);
+        }
+    }
+    for (int64_t i = 0; i < nqb; ++i)
+        s.states[static_cast<size_t>(i)].finish(rows + i * job.k, dists + i * job.k, job.k);
+}
+
+// Rows per thread below which extra threads cost more than they save.
+constexpr int64_t kMinRowsPerThread = 8192;
+constexpr int64_t kMaxQueryBlock = 32;
+
+template <class F>
+inline void run_threads(int nthreads, F&& work) {
+    if (nthreads <= 1) {
+        work(0);
+        return;
+    }
+    std::vector<std::exception_ptr> errors(static_cast<size_t>(nthreads));
+    std::vector<std::thread> pool;
+    pool.reserve(static_cast<size_t>(nthreads - 1));
+    for (int t = 1; t < nthreads; ++t) {
+        try {
+            pool.emplace_back([&, t] {
+                try {
+                    work(t);
+                } catch (...) {
+                    errors[static_cast<size_t>(t)] = std::current_exception();
+                }
+            });
+        } catch (...) {  // could not start a thread: do its share here
+            errors[static_cast<size_t>(t)] = nullptr;
+            try {
+                work(t);
+            } catch (...) {
+                errors[static_cast<size_t>(t)] = std::current_exception();
+            }
+        }
+    }
+    try {
+        work(0);
+    } catch (...) {
+        errors[0] = std::current_exception();
+    }
+    for (std::thread& th : pool) th.join();
+    for (const std::exception_ptr& e : errors)
+        if (e) std::rethrow_exception(e);
+}
+
+// The whole search. Call without the GIL; touches only the job's memory and thread scratch.
+inline void search(const SearchJob& job, int threads, int level) {
+    const int64_t total = job.nq * job.k;
+    if (job.n == 0 || job.nq == 0) {
+        std::fill(job.out_rows, job.out_rows + total, int64_t{-1});
+        std::fill(job.out_dists, job.out_dists + total, int32_t{-1});
+        return;
+    }
+    const ScanFn scan = select_scan(level, job.nbytes);
+    const int64_t kin = std::min(job.k, job.n);  // never more candidates than rows
+    threads = std::max(1, threads);
+
+    if (job.nq >= threads) {
+        // Batches: threads take blocks of queries; each block scans all rows once.
+        const int64_t per_thread = (job.nq + threads - 1) / threads;
+        const int64_t qb = std::min(kMaxQueryBlock, per_thread);
+        const int64_t nblocks = (job.nq + qb - 1) / qb;
+        const int nthreads = static_cast<int>(std::min<int64_t>(threads, nblocks));
+        run_threads(nthreads, [&](int t) {
+            for (int64_t b = t; b < nblocks; b += nthreads) {
+                const int64_t q0 = b * qb, q1 = std::min(job.nq, q0 + qb);
+                run_block(job, scan, q0, q1, 0, job.n, kin, job.out_rows + q0 * job.k,
+                          job.out_dists + q0 * job.k);
+            }
+        });
+        return;
+    }
+
+    // Fewer queries than threads: split the rows; each part keeps its own exact top-k of its
+    // range, then the parts are merged per query (same tie rule: parts are in row order).
+    const int64_t max_parts = std::max<int64_t>(1, job.n / kMinRowsPerThread);
+    const int nparts = static_cast<int>(std::min<int64_t>(threads, max_parts));
+    if (nparts <= 1) {
+        const int64_t qb = std::min(kMaxQueryBlock, job.nq);
+        for (int64_t q0 = 0; q0 < job.nq; q0 += qb) {
+            const int64_t q1 = std::min(job.nq, q0 + qb);
+            run_block(job, scan, q0, q1, 0, job.n, kin, job.out_rows + q0 * job.k,
+                      job.out_dists + q0 * job.k);
+        }
+        return;
+    }
+    // part results: [part][query][kin]
+    std::vector<int64_t> part_rows(static_cast<size_t>(nparts * job.nq * kin));
+    std::vector<int32_t> part_dists(part_rows.size());
+    const int64_t step = ((job.n + nparts - 1) / nparts + 63) & ~int64_t{63};
+    SearchJob sub = job;
+    sub.k = kin;
+    run_threads(nparts, [&](int t) {
+        const int64_t r0 = std::min(job.n, t * step), r1 = std::min(job.n, r0 + step);
+        int64_t* rows = part_rows.data() + static_cast<size_t>(t) * job.nq * kin;
+        int32_t* dists = part_dists.data() + static_cast<size_t>(t) * job.nq * kin;
+        run_block(sub, scan, 0, job.nq, r0, r1, kin, rows, dists);
+    });
+    const int max_dist = static_cast<int>(job.nbytes * 8);
+    std::vector<int64_t> merged_rows(static_cast<size_t>(kin) * nparts);
+    std::vector<int32_t> merged_dists(merged_rows.size());
+    std::vector<int64_t> scratch;
+    for (int64_t qi = 0; qi < job.nq; ++qi) {
+        for (int p = 0; p < nparts; ++p) {
+            const size_t src = (static_cast<size_t>(p) * job.nq + qi) * kin;
+            std::copy_n(part_rows.data() + src, kin, merged_rows.data() + p * kin);
+            std::copy_n(part_dists.data() + src, kin, merged_dists.data() + p * kin);
+        }
+        int64_t* out_r = job.out_rows + qi * job.k;
+        int32_t* out_d = job.out_dists + qi * job.k;
+        merge_parts(merged_rows.data(), merged_dists.data(), nparts, kin, max_dist, out_r, out_d,
+                    scratch);
+        for (int64_t i = kin; i < job.k; ++i) {
+            out_r[i] = -1;
+            out_d[i] = -1;
+        }
+    }
+}
+
+}  // namespace medhash
