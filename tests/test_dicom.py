@@ -1,0 +1,191 @@
+"""DICOM reading on files built from a real NIH radiograph: intensity pipeline, colour, codecs, errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+from pydicom.pixels import convert_color_space
+from pydicom.uid import JPEG2000Lossless, RLELossless
+
+from _dicom_files import make_dataset, save, to_jpeg_lossless
+from medhash_sdk import readers
+from medhash_sdk.exceptions import ImageReadError, UnsupportedImageError
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih_png_1024"
+PNGS = sorted(DATA.glob("*.png"))
+pytestmark = pytest.mark.skipif(not PNGS, reason=f"real NIH PNGs not found in {DATA}")
+
+
+@pytest.fixture(scope="module")
+def u8() -> np.ndarray:
+    """A real radiograph, 256 x 256 (the DICOM logic does not depend on size; keeps tests fast)."""
+    img = cv2.imread(str(PNGS[0]), cv2.IMREAD_GRAYSCALE)
+    return cv2.resize(img, (256, 256), interpolation=cv2.INTER_AREA)
+
+
+def unit(u8: np.ndarray) -> np.ndarray:
+    return u8.astype(np.float32) / 255.0
+
+
+def minmax(a: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float64)
+    return ((a - a.min()) / (a.max() - a.min())).astype(np.float32)
+
+
+def test_12bit_monochrome2_raw_minmax_and_facts(tmp_path, u8):
+    stored = u8.astype(np.uint16) * 16
+    p = save(make_dataset(stored, bits_stored=12), tmp_path / "a.dcm")
+    im = readers.read_image(p)
+    assert im.pixels.dtype == np.float32
+    np.testing.assert_allclose(im.pixels, minmax(stored), atol=1e-6)
+    f = im.facts
+    assert (f["modality"], f["body_part"], f["view"], f["frames"], f["bits_stored"]) == ("CR", "CHEST", "PA", 1, 12)
+    text = repr(f)
+    assert "SECRET-ID-123" not in text and "Test^Patient" not in text
+
+
+def test_rescale_then_window_recovers_the_picture(tmp_path, u8):
+    stored = u8.astype(np.uint16) * 16                     # 0..4080
+    slope, intercept = 0.5, -1024.0                        # values -1024..1016
+    lo, hi = intercept, 255 * 16 * slope + intercept
+    ds = make_dataset(stored, bits_stored=12, RescaleSlope=slope, RescaleIntercept=intercept,
+                      WindowCenter=(lo + hi) / 2, WindowWidth=hi - lo, VOILUTFunction="LINEAR_EXACT")
+    im = readers.read_image(save(ds, tmp_path / "w.dcm"))
+    np.testing.assert_allclose(im.pixels, unit(u8), atol=1e-5)
+    # a narrower LINEAR window clips: values outside it saturate to 0 and 1
+    ds.WindowCenter, ds.WindowWidth = (lo + hi) / 2, (hi - lo) / 4
+    del ds.VOILUTFunction
+    im = readers.read_image(save(ds, tmp_path / "w2.dcm"))
+    v = stored * slope + intercept
+    assert np.array_equal(im.pixels == 0, v <= (lo + hi) / 2 - 0.5 - ((hi - lo) / 4 - 1) / 2)
+    assert (im.pixels == 1).mean() > 0.05 and "window" in im.facts["intensity"]
+
+
+def test_window_ignoring_rescale_would_fail(tmp_path, u8):
+    """The window is defined on rescaled values: the same window on stored values gives black."""
+    stored = u8.astype(np.uint16) * 16
+    ds = make_dataset(stored, bits_stored=12, RescaleSlope=1.0, RescaleIntercept=-5000.0,
+                      WindowCenter=-5000 + 2040, WindowWidth=4080, VOILUTFunction="LINEAR_EXACT")
+    im = readers.read_image(save(ds, tmp_path / "r.dcm"))
+    np.testing.assert_allclose(im.pixels, unit(u8), atol=1e-5)
+
+
+def test_monochrome1_is_inverted(tmp_path, u8):
+    stored = u8.astype(np.uint16) * 16
+    m2 = readers.read_image(save(make_dataset(stored, bits_stored=12), tmp_path / "m2.dcm")).pixels
+    m1 = readers.read_image(save(make_dataset(4095 - stored, "MONOCHROME1", 12), tmp_path / "m1.dcm")).pixels
+    np.testing.assert_allclose(m1, m2, atol=1e-6)
+    # also with a window (inverted after windowing)
+    ds = make_dataset(4095 - stored, "MONOCHROME1", 12, WindowCenter=4095 - 2040, WindowWidth=4080,
+                      VOILUTFunction="LINEAR_EXACT")
+    w1 = readers.read_image(save(ds, tmp_path / "m1w.dcm")).pixels
+    np.testing.assert_allclose(w1, unit(u8), atol=1e-5)
+
+
+def test_voi_lut_sequence(tmp_path, u8):
+    stored = u8.astype(np.uint16) * 16
+    ds = make_dataset(stored, bits_stored=12)
+    item = pydicom.Dataset()
+    item.LUTDescriptor = [4096, 0, 16]
+    item.add_new(0x00283006, "US", (np.arange(4096) // 16 * 257).astype(np.uint16).tolist())  # LUTData
+    ds.VOILUTSequence = [item]
+    im = readers.read_image(save(ds, tmp_path / "lut.dcm"))
+    np.testing.assert_allclose(im.pixels, unit(u8), atol=1e-6)
+    assert im.facts["intensity"] == "VOI LUT"
+
+
+def test_16bit_and_signed(tmp_path, u8):
+    s16 = u8.astype(np.uint16) * 257
+    im = readers.read_image(save(make_dataset(s16, bits_stored=16), tmp_path / "s16.dcm"))
+    np.testing.assert_allclose(im.pixels, minmax(s16), atol=1e-6)
+    signed = (u8.astype(np.int16) - 128) * 8
+    im = readers.read_image(save(make_dataset(signed, bits_stored=12), tmp_path / "signed.dcm"))
+    np.testing.assert_allclose(im.pixels, minmax(signed), atol=1e-6)
+
+
+def test_palette_color(tmp_path, u8):
+    ds = make_dataset(u8, "PALETTE COLOR", 8)
+    idx = np.arange(256)
+    lut = {"Red": idx * 257, "Green": (255 - idx) * 257, "Blue": np.full(256, 128 * 257)}
+    for c, v in lut.items():
+        setattr(ds, f"{c}PaletteColorLookupTableDescriptor", [256, 0, 16])
+        ds[f"{c}PaletteColorLookupTableData"] = pydicom.DataElement(
+            {"Red": 0x00281201, "Green": 0x00281202, "Blue": 0x00281203}[c], "OW", v.astype("<u2").tobytes())
+    im = readers.read_image(save(ds, tmp_path / "pal.dcm"))
+    assert im.pixels.shape == (256, 256, 3)
+    np.testing.assert_allclose(im.pixels[..., 0], unit(u8), atol=1e-6)
+    np.testing.assert_allclose(im.pixels[..., 1], 1 - unit(u8), atol=1e-6)
+    np.testing.assert_allclose(im.pixels[..., 2], 128 * 257 / 65535, atol=1e-6)
+
+
+def test_ybr_full_converted_to_rgb(tmp_path, u8):
+    rgb = np.stack([u8, (u8 * 0.8).astype(np.uint8), (u8 * 0.5).astype(np.uint8)], axis=2)
+    ybr = convert_color_space(rgb, "RGB", "YBR_FULL")
+    ds = make_dataset(ybr, "YBR_FULL", 8)
+    im = readers.read_image(save(ds, tmp_path / "ybr.dcm"))
+    assert im.pixels.shape == (256, 256, 3)
+    assert np.abs(im.pixels - unit(rgb)).max() <= 2.5 / 255
+
+
+@pytest.mark.parametrize("codec", ["rle", "j2k", "jpeg-lossless"])
+def test_compressed_transfer_syntaxes_decode_losslessly(tmp_path, u8, codec):
+    stored = u8.astype(np.uint16) * 16
+    ds = make_dataset(stored, bits_stored=12)
+    ref = readers.read_image(save(ds, tmp_path / "raw.dcm")).pixels
+    if codec == "rle":
+        ds.compress(RLELossless)
+        p = save(ds, tmp_path / "c.dcm")
+    elif codec == "j2k":
+        ds.compress(JPEG2000Lossless)
+        p = save(ds, tmp_path / "c.dcm")
+    else:
+        pytest.importorskip("gdcm", reason="python-gdcm encodes the JPEG Lossless test file")
+        p = to_jpeg_lossless(tmp_path / "raw.dcm", tmp_path / "c.dcm")
+    im = readers.read_image(p)
+    assert im.facts["transfer_syntax"] != "1.2.840.10008.1.2.1"
+    np.testing.assert_array_equal(im.pixels, ref)
+
+
+def test_multiframe_takes_the_chosen_frame(tmp_path, u8):
+    frames = np.stack([u8, 255 - u8, u8 // 2]).astype(np.uint8)
+    ds = make_dataset(frames, bits_stored=8)
+    p = save(ds, tmp_path / "mf.dcm")
+    first = readers.read_image(p)
+    assert first.facts["frames"] == 3 and first.facts["frame"] == 0
+    np.testing.assert_allclose(first.pixels, unit(u8), atol=1e-6)  # 8-bit without window: / 255 like a PNG
+    third = readers.read_image(p, frame=2)
+    np.testing.assert_allclose(third.pixels, unit(u8 // 2), atol=1e-6)
+    with pytest.raises(ValueError, match="3 frame"):
+        readers.read_image(p, frame=3)
+
+
+def test_errors(tmp_path, u8, monkeypatch):
+    ds = make_dataset(None)
+    with pytest.raises(ImageReadError, match="no pixel data") as e:
+        readers.read_image(save(ds, tmp_path / "nopix.dcm"))
+    assert "nopix.dcm" in str(e.value)
+    raw = save(make_dataset(u8.astype(np.uint16) * 16, bits_stored=12), tmp_path / "ok.dcm").read_bytes()
+    (tmp_path / "trunc.dcm").write_bytes(raw[: len(raw) - 5000])
+    with pytest.raises(ImageReadError, match="could not be decoded"):
+        readers.read_image(tmp_path / "trunc.dcm")
+    (tmp_path / "head.dcm").write_bytes(raw[:200])
+    with pytest.raises(ImageReadError):
+        readers.read_image(tmp_path / "head.dcm")
+    (tmp_path / "junk.dcm").write_bytes(b"\x13\x37" * 500)
+    with pytest.raises(ImageReadError):
+        readers.read_image(tmp_path / "junk.dcm")
+    ds = make_dataset(u8, bits_stored=8)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2: no decoder
+    from pydicom.encaps import encapsulate
+    ds.PixelData = encapsulate([u8.tobytes()])
+    ds["PixelData"].VR = "OB"
+    with pytest.raises(UnsupportedImageError, match="transfer syntax"):
+        readers.read_image(save(ds, tmp_path / "mpeg.dcm"))
+    # pixel limit from Rows/Columns, before any decoding
+    import pydicom.pixels
+    monkeypatch.setattr(pydicom.pixels, "pixel_array", lambda *a, **k: pytest.fail("decoded"))
+    with pytest.raises(UnsupportedImageError, match="exceeds the limit"):
+        readers.read_image(tmp_path / "ok.dcm", max_pixels=100 * 100)
