@@ -150,7 +150,13 @@ def _classify(ids: Any) -> str:
         first = next(iter(ids), None)
     except TypeError:
         raise TypeError(f"ids must be int64 or str (or a sequence of them), got {type(ids).__name__}") from None
-    return STR if isinstance(first, str) else INT64
+    if isinstance(first, str):
+        return STR
+    if isinstance(first, (bytes, bytearray)):
+        raise TypeError("ids must be int64 or str; decode bytes ids to str first")
+    if first is None or (isinstance(first, (int, np.integer)) and not isinstance(first, bool)):
+        return INT64
+    raise TypeError(f"ids must be int64 or str, got {type(first).__name__} ids")
 
 
 def as_int_ids(ids: Any) -> np.ndarray:
@@ -244,6 +250,10 @@ class IntIds:
             raise TypeError("this index uses int64 ids; pass integers, not str")
         return as_int_ids(ids)
 
+    @staticmethod
+    def size(prepared: np.ndarray) -> int:
+        return len(prepared)
+
     def rows(self, prepared: np.ndarray) -> np.ndarray:
         """Row of each id, -1 where absent."""
         out = np.full(len(prepared), -1, dtype=np.int64)
@@ -322,6 +332,10 @@ class StrIds:
     def _bytes_of(self, row: int) -> bytes:
         off = self.offsets.data
         return self.blob.data[int(off[row]) : int(off[row + 1])].tobytes()
+
+    @staticmethod
+    def size(prepared: tuple[list[str], list[bytes], np.ndarray]) -> int:
+        return len(prepared[0])
 
     def rows(self, prepared: tuple[list[str], list[bytes], np.ndarray]) -> np.ndarray:
         _, enc, h = prepared

@@ -151,7 +151,7 @@ class Index:
                 prepared = self._ids.prepare(id_)
             except (TypeError, ValueError):
                 return False
-            return bool(len(prepared) == 1 and self._ids.rows(prepared)[0] >= 0)
+            return bool(self._ids.size(prepared) == 1 and self._ids.rows(prepared)[0] >= 0)
 
     def __repr__(self) -> str:
         kind = f"view of {self._path!r}" if self.read_only else "in memory"
@@ -227,7 +227,7 @@ class Index:
                 if store is None or (not len(store) and store.kind != kind):
                     store = self._new_store(kind)
                 prepared = store.prepare(ids)
-                count = len(prepared) if kind == INT64 else len(prepared[0])
+                count = store.size(prepared)
                 if count != m:
                     raise ValueError(f"got {m} codes but {count} ids: pass one id a code")
                 dup = store.duplicates_within(prepared)
