@@ -1,0 +1,207 @@
+"""The paper's attention-guided hashing network (method.md, "Network"), exportable whole to ONNX.
+
+forward(x) -> (code_logits u in (-1,1)^K, class probabilities (N, C), attention (N, h, w)).
+
+Our decisions where the paper is silent (documented in the README's method notes too):
+- CAM level: a light feature pyramid over the backbone's stride-8/16/32 maps (1x1 convs,
+  bilinear upsampling to the stride-8 grid, sum, BN, ReLU) feeds the classification branch
+  (GAP -> linear -> sigmoid). With GAP + linear, Grad-CAM equals the CAM
+  A = ReLU(sum_c p_c * w_c . F) (up to scale), so the CAM is forward-only and sits on a
+  stride-8 grid (8 x 8 at 64 px) while still carrying the deep layers' semantics.
+- A is min-max normalised per image to [0, 1] (an all-zero map stays 0); that is the
+  `attention` output, at the CAM grid's resolution (upsample it to the image to display it).
+- Otsu over OTSU_BINS=32 fixed bins, written with tensor ops (histogram by comparison with
+  the bin indices, cumulative sums, argmax of the between-class variance; ties -> lowest bin).
+- Box: rows/columns holding a mask pixel; minimum side `min_box` (fraction of the image,
+  default 0.4, centred on the box and kept inside the image); an empty mask (a flat CAM)
+  falls back to the whole image. No gradient flows through the box coordinates.
+- Crop: a sampling grid built from the box (scale + shift of the output pixel centres) and
+  grid_sample (bilinear), resized to the input size; everything static but the batch.
+- Warm-up: the buffer `crop_enabled` (0 or 1) blends the box with the identity box, so the
+  same graph trains the classifier first (crop off) and uses the crop afterwards; export
+  always sets it to 1. No data-dependent Python control flow anywhere in forward().
+- Local branch: shares the backbone's weights by default (local="separate" gives it its own).
+- Fusion: concat(GAP(global stride-32 map), GAP(local stride-32 map)) -> FC -> tanh.
+`use_local=False` gives the "global only" network that the baselines and the first ablation
+use; `detach_cls=True` trains the classification branch on detached features, so a baseline
+still ships meaningful probabilities and attention without the extra loss shaping its codes.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import BACKBONES, STEMS, build_backbone
+
+OTSU_BINS = 32
+
+
+@dataclass
+class NetConfig:
+    """Everything needed to rebuild the network (stored in checkpoints)."""
+
+    nbits: int
+    num_labels: int
+    in_ch: int = 1
+    backbone: str = "resnet18"
+    width: float = 0.5
+    stem: str = "imagenet"
+    use_local: bool = True
+    local: str = "shared"
+    min_box: float = 0.4
+    otsu_bins: int = OTSU_BINS
+    detach_cls: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.nbits <= 0 or self.nbits % 8:
+            raise ValueError(f"nbits must be a positive multiple of 8, got {self.nbits}")
+        if self.num_labels < 1:
+            raise ValueError(f"num_labels must be >= 1, got {self.num_labels}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
+        if self.local not in ("shared", "separate"):
+            raise ValueError(f"local must be 'shared' or 'separate', got {self.local!r}")
+        if not 0.0 < self.min_box <= 1.0:
+            raise ValueError(f"min_box is a fraction of the image side in (0, 1], got {self.min_box}")
+        if self.otsu_bins < 2:
+            raise ValueError(f"otsu_bins must be >= 2, got {self.otsu_bins}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def otsu_threshold(a: torch.Tensor, bins: int) -> torch.Tensor:
+    """Otsu threshold of each row of a (B, P) in [0, 1], over `bins` fixed bins -> (B,)."""
+    idx = torch.clamp(torch.floor(a * bins), 0, bins - 1)
+    levels = torch.arange(bins, device=a.device, dtype=a.dtype)
+    hist = (idx.unsqueeze(-1) == levels).to(a.dtype).sum(1)              # (B, bins)
+    p = hist / a.shape[1]
+    centres = (levels + 0.5) / bins
+    omega = torch.cumsum(p, 1)
+    mu = torch.cumsum(p * centres, 1)
+    mu_t = mu[:, -1:]
+    between = (mu_t * omega - mu) ** 2 / torch.clamp(omega * (1.0 - omega), min=1e-12)
+    t = torch.argmax(between, dim=1).to(a.dtype)
+    return (t + 1.0) / bins
+
+
+def _extent(any_along: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """First/last index (as fractions of the length, edges) where a (B, L) bool is set; whole range if none."""
+    n = any_along.shape[1]
+    ar = torch.arange(n, device=any_along.device, dtype=torch.float32)
+    first = torch.where(any_along, ar, torch.full_like(ar, float(n))).amin(1)
+    last = torch.where(any_along, ar, torch.full_like(ar, -1.0)).amax(1)
+    valid = last >= first
+    lo = torch.where(valid, first / n, torch.zeros_like(first))
+    hi = torch.where(valid, (last + 1.0) / n, torch.ones_like(last))
+    return lo, hi
+
+
+def attention_box(attn: torch.Tensor, bins: int, min_box: float) -> torch.Tensor:
+    """Crop box (B, 4) = (scale_x, shift_x, scale_y, shift_y) in grid_sample coordinates."""
+    b, h, w = attn.shape
+    thr = otsu_threshold(attn.reshape(b, h * w), bins)
+    mask = attn >= thr.view(b, 1, 1)
+    y0, y1 = _extent(mask.any(2))
+    x0, x1 = _extent(mask.any(1))
+    out = []
+    for lo, hi in ((x0, x1), (y0, y1)):
+        size = torch.clamp(hi - lo, min=min_box)
+        centre = torch.minimum(torch.maximum((lo + hi) * 0.5, size * 0.5), 1.0 - size * 0.5)
+        out += [size, 2.0 * centre - 1.0]
+    return torch.stack(out, 1)
+
+
+def crop_resize(x: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+    """Crop box (B, 4) from x (B, C, H, W) and resample it to H x W (bilinear)."""
+    _, _, h, w = x.shape
+    gx = (torch.arange(w, device=x.device, dtype=x.dtype) + 0.5) * (2.0 / w) - 1.0
+    gy = (torch.arange(h, device=x.device, dtype=x.dtype) + 0.5) * (2.0 / h) - 1.0
+    box = box.to(x.dtype)
+    sx, tx, sy, ty = (box[:, i].view(-1, 1, 1) for i in range(4))
+    grid_x = (sx * gx.view(1, 1, w) + tx).expand(-1, h, w)
+    grid_y = (sy * gy.view(1, h, 1) + ty).expand(-1, h, w)
+    grid = torch.stack([grid_x, grid_y], dim=-1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class ClassificationBranch(nn.Module):
+    """Feature pyramid on the stride-8 grid -> GAP -> linear -> sigmoid, and its CAM."""
+
+    def __init__(self, channels: tuple[int, int, int], num_labels: int):
+        super().__init__()
+        d = channels[2]
+        self.lat = nn.ModuleList([nn.Conv2d(c, d, 1, bias=False) for c in channels])
+        self.bn = nn.BatchNorm2d(d)
+        self.fc = nn.Linear(d, num_labels)
+
+    def forward(self, feats: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        f8 = feats[0]
+        size = (f8.shape[-2], f8.shape[-1])
+        fmap = self.lat[0](f8)
+        for lat, f in zip(self.lat[1:], feats[1:]):
+            fmap = fmap + F.interpolate(lat(f), size=size, mode="bilinear", align_corners=False)
+        fmap = F.relu(self.bn(fmap))
+        logits = self.fc(fmap.mean((2, 3)))
+        probs = torch.sigmoid(logits)
+        # CAM weighted by the predicted probabilities (forward-only Grad-CAM of a GAP+linear head)
+        w = probs.detach().float() @ self.fc.weight.detach().float()                 # (B, D)
+        cam = F.relu(torch.einsum("bd,bdhw->bhw", w, fmap.detach().float()))
+        b = cam.shape[0]
+        flat = cam.reshape(b, -1)
+        lo = flat.amin(1).view(b, 1, 1)
+        hi = flat.amax(1).view(b, 1, 1)
+        attn = (cam - lo) / torch.clamp(hi - lo, min=1e-6)
+        return logits, probs, attn
+
+
+class AttentionHashNet(nn.Module):
+    """Backbone -> classification branch + CAM -> Otsu box -> crop -> local branch -> hash head."""
+
+    def __init__(self, config: NetConfig, backbone_weights: str | None = None):
+        super().__init__()
+        self.config = config
+        c = config
+        self.backbone = build_backbone(c.backbone, c.in_ch, c.width, c.stem, backbone_weights)
+        chans = self.backbone.channels
+        self.local_backbone = None
+        if c.use_local and c.local == "separate":
+            self.local_backbone = build_backbone(c.backbone, c.in_ch, c.width, c.stem, backbone_weights)
+        self.cls = ClassificationBranch(chans, c.num_labels)
+        feat = chans[2] * (2 if c.use_local else 1)
+        self.hash = nn.Linear(feat, c.nbits)
+        self.register_buffer("crop_enabled", torch.ones(()))
+        self.last_cls_logits: torch.Tensor | None = None  # set by forward, read by the trainer
+
+    def set_crop(self, enabled: bool) -> None:
+        self.crop_enabled.fill_(1.0 if enabled else 0.0)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        feats = self.backbone(x)
+        cls_in = tuple(f.detach() for f in feats) if self.config.detach_cls else feats
+        logits, probs, attn = self.cls(cls_in)
+        self.last_cls_logits = logits
+        g = feats[2].mean((2, 3))
+        if self.config.use_local:
+            box = attention_box(attn.detach(), self.config.otsu_bins, self.config.min_box)
+            identity = torch.tensor([1.0, 0.0, 1.0, 0.0], device=box.device, dtype=box.dtype)
+            e = self.crop_enabled.to(box.dtype)
+            box = e * box + (1.0 - e) * identity
+            crop = crop_resize(x, box)
+            local_net = self.backbone if self.local_backbone is None else self.local_backbone
+            g = torch.cat([g, local_net(crop)[2].mean((2, 3))], 1)
+        u = torch.tanh(self.hash(g))
+        return u, probs, attn
+
+
+def build_model(config: NetConfig | dict[str, Any], backbone_weights: str | None = None) -> AttentionHashNet:
+    if isinstance(config, dict):
+        config = NetConfig(**config)
+    return AttentionHashNet(config, backbone_weights)

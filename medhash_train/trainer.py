@@ -1,0 +1,268 @@
+"""ONE training loop for every method (the paper's, its ablations and the baselines).
+
+The whole split lives in memory as one preprocessed tensor on the training device (the
+images are small); batches are index slices, augmentation is a batched random affine warp +
+brightness/contrast jitter on the device (no horizontal flips: a chest film has a left and a
+right). Loss = hash loss (losses.METHODS[method]) + mu * class-weighted BCE of the
+classification branch. AdamW, cosine learning rate. After every epoch (once the warm-up is
+over for networks with the crop) the validation split is encoded as queries against the
+train split and the epoch with the best validation mAP@K is kept: the test split is never
+looked at here.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medhash_sdk.preprocessing import Preprocessing
+
+from .attention import AttentionHashNet, NetConfig, build_model
+from .data import ImageSet, to_network_input
+from .evaluate import code_figures, torch_codes
+from .losses import METHODS, make_loss
+
+CHECKPOINT_FORMAT = "medhash-train/1"
+
+
+@dataclass
+class TrainConfig:
+    method: str = "attention"
+    nbits: int = 64
+    input_size: int = 64
+    channels: int = 1
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    backbone: str = "resnet18"
+    width: float = 0.5
+    stem: str = "auto"               # auto: "small" below 48 px, else "imagenet"
+    warmup_epochs: int = -1          # crop off for these first epochs; -1: epochs // 4
+    seed: int = 0
+    device: str = "cpu"
+    augment: bool = True
+    val_k: int = 100
+    backbone_weights: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {sorted(METHODS)}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2 (the losses use pairs), got {self.batch_size}")
+        if self.nbits <= 0 or self.nbits % 8:
+            raise ValueError(f"nbits must be a positive multiple of 8, got {self.nbits}")
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+
+    @property
+    def resolved_stem(self) -> str:
+        return ("small" if self.input_size < 48 else "imagenet") if self.stem == "auto" else self.stem
+
+    @property
+    def resolved_warmup(self) -> int:
+        if not METHODS[self.method].get("use_local"):
+            return 0
+        return self.epochs // 4 if self.warmup_epochs < 0 else min(self.warmup_epochs, self.epochs - 1)
+
+
+@dataclass
+class TrainResult:
+    model: AttentionHashNet
+    net_config: NetConfig
+    preprocessing: Preprocessing
+    labels: list[str]
+    best_epoch: int
+    best_val: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def net_config_for(cfg: TrainConfig, num_labels: int) -> NetConfig:
+    m = METHODS[cfg.method]
+    return NetConfig(nbits=cfg.nbits, num_labels=num_labels, in_ch=cfg.channels, backbone=cfg.backbone,
+                     width=cfg.width, stem=cfg.resolved_stem, use_local=bool(m.get("use_local")),
+                     detach_cls=bool(m.get("detach_cls", False)))
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random affine (scale 0.9-1.1, rotation +-7 deg, shift +-6%) + brightness/contrast jitter."""
+    b = x.shape[0]
+    r = torch.rand(b, 6, device=x.device, generator=gen, dtype=torch.float32)
+    scale = 0.9 + 0.2 * r[:, 0]
+    ang = (r[:, 1] - 0.5) * (2 * math.radians(7.0))
+    tx, ty = (r[:, 2] - 0.5) * 0.12, (r[:, 3] - 0.5) * 0.12
+    cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    contrast = (0.85 + 0.3 * r[:, 4]).view(b, 1, 1, 1).to(x.dtype)
+    bright = ((r[:, 5] - 0.5) * 0.4).view(b, 1, 1, 1).to(x.dtype)
+    return x * contrast + bright
+
+
+def _cls_pos_weight(y: np.ndarray) -> torch.Tensor:
+    pos = y.sum(0).astype(np.float64)
+    w = (len(y) - pos) / np.maximum(pos, 1.0)
+    return torch.tensor(np.clip(w, 1.0, 10.0), dtype=torch.float32)
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+
+
+def train(cfg: TrainConfig, ds: ImageSet, log: Callable[[str], None] | None = None,
+          x_all: np.ndarray | None = None) -> TrainResult:
+    """Train cfg.method on ds's train split, choose the epoch on its val split (never test).
+
+    x_all: the preprocessed (n, C, S, S) inputs of every image of ds, if already computed.
+    """
+    log = log or (lambda s: print(s, file=sys.stderr))
+    t0 = time.time()
+    _seed_all(cfg.seed)
+    dev = torch.device(cfg.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for but torch sees no CUDA GPU; use --device cpu")
+    spec = Preprocessing(input_size=cfg.input_size, channels=cfg.channels)
+    tr, va = ds.indices("train"), ds.indices("val")
+    if len(tr) < cfg.batch_size:
+        raise ValueError(f"the train split has {len(tr)} images, fewer than one batch ({cfg.batch_size})")
+    if x_all is None:
+        x_all = to_network_input(ds, spec)
+    cl = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
+    x_tr = torch.from_numpy(x_all[tr]).to(dev).contiguous(memory_format=cl)
+    y_tr = torch.from_numpy(ds.labels[tr].astype(np.float32)).to(dev)
+    x_va = torch.from_numpy(x_all[va]) if len(va) else None
+
+    net_cfg = net_config_for(cfg, len(ds.label_names))
+    model = build_model(net_cfg, cfg.backbone_weights).to(dev).to(memory_format=cl)
+    loss_fn = make_loss(cfg.method, cfg.nbits, len(ds.label_names)).to(dev)
+    mu = float(METHODS[cfg.method].get("mu", 1.0))
+    pos_weight = _cls_pos_weight(ds.labels[tr]).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = len(tr) // cfg.batch_size
+    total = steps_per_epoch * cfg.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(1, steps_per_epoch)) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed)
+    warm = cfg.resolved_warmup
+    amp = dev.type == "cuda"
+
+    best: dict[str, Any] = {"epoch": -1, "score": -1.0, "state": None, "val": {}}
+    history: list[dict[str, Any]] = []
+    bar = None
+    if cfg.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.epochs, desc=f"train {cfg.method} {cfg.nbits}b", unit="epoch", file=sys.stderr)
+    for epoch in range(cfg.epochs):
+        model.train()
+        model.set_crop(epoch >= warm)
+        perm = torch.randperm(len(tr), device=dev, generator=gen)
+        run_loss = torch.zeros((), device=dev)
+        for s in range(steps_per_epoch):
+            idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+            xb, yb = x_tr[idx], y_tr[idx]
+            if cfg.augment:
+                xb = augment(xb, gen)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                u, _, _ = model(xb)
+                logits = model.last_cls_logits
+            loss = loss_fn(u.float(), yb)
+            if mu > 0:
+                loss = loss + mu * F.binary_cross_entropy_with_logits(logits.float(), yb, pos_weight=pos_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            run_loss += loss.detach()
+        rec: dict[str, Any] = {"epoch": epoch + 1, "loss": float(run_loss) / max(1, steps_per_epoch),
+                               "crop": bool(epoch >= warm) if net_cfg.use_local else None}
+        if x_va is not None and epoch >= warm:
+            model.set_crop(True)
+            db = torch_codes(model, x_tr if dev.type == "cuda" else torch.from_numpy(x_all[tr]))
+            q = torch_codes(model, x_va)
+            fig = code_figures(q, db, ds.labels[va], ds.labels[tr], k=cfg.val_k, seeds=(0,))
+            rec["val_map"] = fig[f"map@{cfg.val_k}"]
+            if rec["val_map"] > best["score"]:
+                best = {"epoch": epoch + 1, "score": rec["val_map"], "val": fig,
+                        "state": copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})}
+        history.append(rec)
+        if bar is not None:
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", val_map=f"{rec.get('val_map', float('nan')):.3f}")
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    if best["state"] is None:   # no validation split: keep the last epoch
+        best = {"epoch": cfg.epochs, "score": float("nan"), "val": {},
+                "state": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+        log(f"no validation split: keeping the last epoch ({cfg.epochs})")
+    else:
+        log(f"chose epoch {best['epoch']} of {cfg.epochs} on the validation split "
+            f"(val mAP@{cfg.val_k} = {best['score']:.4f}, {len(va)} val queries vs {len(tr)} train images)")
+    model.load_state_dict(best["state"])
+    model.set_crop(True)
+    model.eval()
+    return TrainResult(model, net_cfg, spec, list(ds.label_names), best["epoch"], best["val"], history,
+                       time.time() - t0)
+
+
+def checkpoint_dict(result: TrainResult, cfg: TrainConfig, ds: ImageSet) -> dict[str, Any]:
+    """Everything `medhash export` needs, as plain types + tensors (torch.load(weights_only=True))."""
+    training = {
+        "data_fingerprint": ds.info.get("fingerprint", ""),
+        "data_sources": [str(s) for s in ds.info.get("sources", [])],
+        "split": ds.info.get("split", {}),
+        "seed": cfg.seed,
+        "epochs": cfg.epochs,
+        "chosen_epoch": result.best_epoch,
+        "selection": f"best val mAP@{cfg.val_k}",
+        "val": {k: float(v) for k, v in result.best_val.items()},
+        "config": asdict(cfg),
+        "color": "converted to grayscale" if cfg.channels == 1 else "kept as RGB",
+    }
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "net_config": result.net_config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
+        "preprocessing": result.preprocessing.to_dict(),
+        "labels": list(result.labels),
+        "method": cfg.method,
+        "nbits": cfg.nbits,
+        "training": training,
+        "history": result.history,
+    }
+
+
+def save_checkpoint(path: str, ckpt: dict[str, Any]) -> None:
+    torch.save(ckpt, path)
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    from medhash_sdk.exceptions import ModelFileError
+
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as e:
+        raise ModelFileError(f"{path}: cannot read checkpoint ({e})") from e
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise ModelFileError(f"{path}: not a medhash training checkpoint (format {CHECKPOINT_FORMAT})")
+    return ck
+
+
+def model_from_checkpoint(ck: dict[str, Any]) -> AttentionHashNet:
+    model = build_model(ck["net_config"])
+    model.load_state_dict(ck["state_dict"])
+    model.set_crop(True)
+    return model.eval()

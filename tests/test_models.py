@@ -1,0 +1,94 @@
+"""Backbones and the paper's attention network: shapes on odd sizes, the crop, the warm-up switch."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from medhash_train.attention import NetConfig, attention_box, build_model, crop_resize, otsu_threshold  # noqa: E402
+from medhash_train.backbones import build_backbone, load_backbone_weights  # noqa: E402
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "densenet121"])
+def test_backbone_levels(name):
+    net = build_backbone(name, in_ch=1, width=0.125)
+    f8, f16, f32 = net(torch.randn(2, 1, 64, 64))
+    assert f8.shape[-1] == 8 and f16.shape[-1] == 4 and f32.shape[-1] == 2
+    assert (f8.shape[1], f16.shape[1], f32.shape[1]) == net.channels
+
+
+@pytest.mark.parametrize("size", [28, 64, 97, 128])
+def test_attention_net_odd_sizes(size):
+    torch.manual_seed(0)
+    stem = "small" if size < 48 else "imagenet"
+    net = build_model(NetConfig(nbits=32, num_labels=15, width=0.125, stem=stem))
+    x = torch.randn(3, 1, size, size)
+    u, p, a = net(x)
+    assert u.shape == (3, 32) and p.shape == (3, 15) and a.dim() == 3 and a.shape[0] == 3
+    assert (u.abs() < 1).all() and ((p >= 0) & (p <= 1)).all()
+    assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+    (u.sum() + p.sum()).backward()
+    assert all(q.grad is not None for q in net.hash.parameters())
+
+
+def test_densenet_attention_and_separate_local_branch():
+    net = build_model(NetConfig(nbits=16, num_labels=3, backbone="densenet121", width=0.125, local="separate"))
+    u, p, a = net(torch.randn(2, 1, 64, 64))
+    assert u.shape == (2, 16) and net.local_backbone is not None
+
+
+def test_otsu_separates_two_levels():
+    a = torch.tensor([[0.1] * 10 + [0.9] * 6])
+    t = float(otsu_threshold(a, 32)[0])
+    assert 0.1 < t <= 0.9
+
+
+def test_box_from_mask_min_size_and_empty_fallback():
+    attn = torch.zeros(2, 8, 8)
+    attn[0, 2:4, 5:7] = 1.0                      # a small blob in the upper right
+    box = attention_box(attn, bins=32, min_box=0.4)
+    sx, tx, sy, ty = box[0].tolist()
+    assert sx == pytest.approx(0.4) and sy == pytest.approx(0.4)      # blob is 0.25 wide: min size
+    assert tx == pytest.approx(2 * 0.75 - 1) and ty == pytest.approx(2 * 0.375 - 1)
+    # a flat map has an empty mask: whole image
+    assert box[1].tolist() == pytest.approx([1.0, 0.0, 1.0, 0.0])
+
+
+def test_crop_identity_and_box():
+    x = torch.arange(64.0).view(1, 1, 8, 8)
+    ident = crop_resize(x, torch.tensor([[1.0, 0.0, 1.0, 0.0]]))
+    assert torch.allclose(ident, x, atol=1e-4)
+    # the right half, resampled to full width
+    half = crop_resize(x, torch.tensor([[0.5, 0.5, 1.0, 0.0]]))
+    assert float(half[0, 0, 0, 0]) >= 3.5 and float(half[0, 0, 0, -1]) == pytest.approx(7.0, abs=0.3)
+
+
+def test_no_gradient_through_box_and_warmup_switch():
+    torch.manual_seed(0)
+    net = build_model(NetConfig(nbits=16, num_labels=4, width=0.125))
+    x = torch.randn(2, 1, 64, 64, requires_grad=True)
+    net.eval()
+    net.set_crop(False)
+    u0 = net(x)[0]
+    net.set_crop(True)
+    u1 = net(x)[0]
+    assert not torch.allclose(u0, u1)       # the buffer switches the crop, same graph
+    u1.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_local_weights_file(tmp_path):
+    src = build_backbone("resnet18", in_ch=3, width=0.125)
+    path = tmp_path / "w.pt"
+    torch.save(src.state_dict(), path)
+    dst = build_backbone("resnet18", in_ch=1, width=0.125, weights=str(path))
+    w_src = src.stem[0].weight.sum(1, keepdim=True)
+    assert torch.allclose(dst.stem[0].weight, w_src)
+    with pytest.raises(ValueError, match="do not fit"):
+        load_backbone_weights(build_backbone("resnet18", width=0.25), path)
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="multiple of 8"):
+        NetConfig(nbits=30, num_labels=3)
+    with pytest.raises(ValueError, match="backbone"):
+        NetConfig(nbits=32, num_labels=3, backbone="vgg")
