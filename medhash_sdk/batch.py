@@ -78,13 +78,14 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, data: bytes) -> None:
-    """Write data to path through a temporary file in the same folder, fsync, rename."""
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "wb", **kwargs: Any) -> Iterator[Any]:
+    """Open a temporary file beside path; on success fsync it and rename it over path."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with os.fdopen(fd, mode, **kwargs) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -95,6 +96,12 @@ def atomic_write(path: str, data: bytes) -> None:
             pass
         raise
     _fsync_dir(folder)
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Write data to path through a temporary file in the same folder, fsync, rename."""
+    with atomic_open(path) as f:
+        f.write(data)
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -530,3 +537,101 @@ def _progress(total: int, initial: int, show: bool | None) -> Any:
 
     disable = (not sys.stderr.isatty()) if show is None else not show
     return tqdm(total=total, initial=initial, unit="img", desc="encode", disable=disable, dynamic_ncols=True)
+
+
+# --------------------------------------------------------------------------- index build
+
+SOURCES_SUFFIX = ".sources.csv"
+
+
+def sources_path(index_path: str | os.PathLike[str]) -> str:
+    """The table beside an index built from shards: id, path and label columns of every code."""
+    return os.fspath(index_path) + SOURCES_SUFFIX
+
+
+def build_index(dirs: Sequence[str | os.PathLike[str]] | str | os.PathLike[str], out: str | os.PathLike[str], *,
+                fingerprint: str | None = None) -> tuple[int, str]:
+    """Merge the shards of finished encode jobs into one Index file, plus its sources table.
+
+    Refuses (ShardDirError) a directory whose job is unfinished and (ModelMismatchError)
+    shards of two models, or of another model than ``fingerprint`` when given. Writes
+    ``out`` and ``out + '.sources.csv'`` (id, path, label columns), both atomically.
+    Returns (number of codes, the index path).
+    """
+    if isinstance(dirs, (str, os.PathLike)):
+        dirs = [dirs]
+    if not dirs:
+        raise ValueError("give at least one directory written by `medhash encode`")
+    jobs: list[tuple[ShardDir, dict[str, Any]]] = []
+    for d in dirs:
+        sd = ShardDir(d)
+        m = sd.read_manifest()
+        if m is None:
+            raise ShardDirError(f"{sd.path}: no {MANIFEST}; give a directory written by `medhash encode --out`")
+        if m.get("status") != "complete":
+            raise ShardDirError(f"{sd.path}: the encode job is unfinished; run the same `medhash encode` "
+                                "command again to finish it, then build the index")
+        want = fingerprint if fingerprint is not None else jobs[0][1]["model_fingerprint"] if jobs else None
+        if want is not None and m["model_fingerprint"] != want:
+            raise ModelMismatchError(
+                f"{sd.path} holds codes of model {m['model_fingerprint'][:16]}..., not of model {want[:16]}... "
+                "(the model given or the first directory's); codes of two models cannot share an index")
+        jobs.append((sd, m))
+    fp, nbits = jobs[0][1]["model_fingerprint"], int(jobs[0][1]["nbits"])
+    columns: list[str] = []
+    for _, m in jobs:
+        columns += [c for c in m["label_columns"] if c not in columns]
+    index = _index_cls()(nbits=nbits, fingerprint=fp)
+    seen_in: dict[str, str] = {}
+    with atomic_open(sources_path(out), "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "path", *columns])
+        for sd, m in jobs:
+            where = [columns.index(c) for c in m["label_columns"]]
+            for i in range(m["n_shards"]):
+                meta = sd.read_meta(i)
+                ids = meta["ids"]
+                if not ids:
+                    continue
+                shard = _index_cls().load(sd.shard_path(i, "idx"), fingerprint=fp)
+                if list(shard.ids) != ids:
+                    raise ShardDirError(f"{sd.shard_path(i, 'idx')}: ids differ from its sidecar; "
+                                        "delete both shard files and rerun the encode command")
+                dup = [x for x in ids if x in seen_in]
+                if dup:
+                    raise ShardDirError(f"id {dup[0]!r} is in {seen_in[dup[0]]} and in {sd.path}: ids must be "
+                                        "unique across the directories of one index")
+                seen_in.update((x, sd.path) for x in ids)
+                index.add(shard.get_codes(ids), ids=ids)
+                for x, p, vals in zip(ids, meta["paths"], meta["labels"]):
+                    row = [""] * len(columns)
+                    for k, v in zip(where, vals):
+                        row[k] = v
+                    w.writerow([x, p, *row])
+    index.save(out)
+    return len(index), os.fspath(out)
+
+
+def read_sources(index_path: str | os.PathLike[str], ids: Iterable[Any] | None = None,
+                 ) -> tuple[list[str], dict[str, tuple[str, list[str]]]]:
+    """Label columns and {id: (path, label values)} from an index's sources table.
+
+    ids: only these (one streaming pass, so memory stays small for a huge index); None: all.
+    Returns ([], {}) when the index has no sources table (built from codes alone).
+    """
+    p = sources_path(index_path)
+    want = None if ids is None else {str(x) for x in ids}
+    rows: dict[str, tuple[str, list[str]]] = {}
+    try:
+        f = open(p, newline="", encoding="utf-8")
+    except FileNotFoundError:
+        return [], {}
+    with f:
+        r = csv.reader(f)
+        header = next(r, None)
+        if not header or header[:2] != ["id", "path"]:
+            raise ShardDirError(f"{p}: not a sources table (expected columns id, path, ...)")
+        for row in r:
+            if want is None or row[0] in want:
+                rows[row[0]] = (row[1], row[2:])
+    return header[2:], rows

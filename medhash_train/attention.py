@@ -178,16 +178,19 @@ class AttentionHashNet(nn.Module):
         feat = chans[2] * (2 if c.use_local else 1)
         self.hash = nn.Linear(feat, c.nbits)
         self.register_buffer("crop_enabled", torch.ones(()))
-        self.last_cls_logits: torch.Tensor | None = None  # set by forward, read by the trainer
 
     def set_crop(self, enabled: bool) -> None:
         self.crop_enabled.fill_(1.0 if enabled else 0.0)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        u, probs, attn, _ = self.forward_all(x)
+        return u, probs, attn
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """forward() plus the classification logits (for the training loss)."""
         feats = self.backbone(x)
         cls_in = tuple(f.detach() for f in feats) if self.config.detach_cls else feats
         logits, probs, attn = self.cls(cls_in)
-        self.last_cls_logits = logits
         g = feats[2].mean((2, 3))
         if self.config.use_local:
             box = attention_box(attn.detach(), self.config.otsu_bins, self.config.min_box)
@@ -198,7 +201,7 @@ class AttentionHashNet(nn.Module):
             local_net = self.backbone if self.local_backbone is None else self.local_backbone
             g = torch.cat([g, local_net(crop)[2].mean((2, 3))], 1)
         u = torch.tanh(self.hash(g))
-        return u, probs, attn
+        return u, probs, attn, logits
 
 
 def build_model(config: NetConfig | dict[str, Any], backbone_weights: str | None = None) -> AttentionHashNet:

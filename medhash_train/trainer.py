@@ -177,8 +177,7 @@ def train(cfg: TrainConfig, ds: ImageSet, log: Callable[[str], None] | None = No
             if cfg.augment:
                 xb = augment(xb, gen)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-                u, _, _ = model(xb)
-                logits = model.last_cls_logits
+                u, _, _, logits = model.forward_all(xb)
             loss = loss_fn(u.float(), yb)
             if mu > 0:
                 loss = loss + mu * F.binary_cross_entropy_with_logits(logits.float(), yb, pos_weight=pos_weight)
