@@ -283,7 +283,11 @@ class IntIds:
         if len(data) == 0:
             return np.full(rows.shape, -1, dtype=np.int64)
         out = data[np.maximum(rows, 0)]
-        out[rows < 0] = -1
+        pad = rows < 0
+        if np.any(out[~pad] < 0):  # only a damaged file (a view, unverified) holds these
+            from .exceptions import IndexFileError
+            raise IndexFileError("the index holds negative ids: the file is damaged (run verify())")
+        out[pad] = -1
         return out
 
     def all(self) -> np.ndarray:
@@ -390,6 +394,9 @@ class StrIds:
         for i, r in enumerate(rows.reshape(-1).tolist()):
             if r >= 0:
                 flat_out[i] = _decode(blob[int(off[r]) : int(off[r + 1])])
+                if not flat_out[i]:
+                    from .exceptions import IndexFileError
+                    raise IndexFileError("the index holds an empty string id: the file is damaged (run verify())")
         return out
 
     def all(self) -> np.ndarray:
@@ -404,6 +411,9 @@ class StrIds:
             return "string id offsets do not span the id blob"
         if len(off) > 1 and np.any(np.diff(off) <= 0):
             return "string id offsets are not strictly increasing"
+        from ._index_file import utf8_ids_valid
+        if not utf8_ids_valid(self.blob.data, off):
+            return "string ids are not valid UTF-8"
         return None
 
 

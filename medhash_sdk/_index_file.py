@@ -28,6 +28,7 @@ Readers dispatch on the format version (_PARSERS); a newer version asks for a ne
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
 import mmap
 import os
@@ -216,6 +217,19 @@ def _check_contents(c: Contents) -> None:
     off = c.ids
     if off[0] != 0 or off[-1] != len(c.blob) or (len(off) > 1 and np.any(np.diff(off) <= 0)):
         raise IndexFileError("the string id offsets are inconsistent: the file is damaged")
+    if not utf8_ids_valid(c.blob, off):
+        raise IndexFileError("the string ids are not valid UTF-8: the file is damaged")
+
+
+def utf8_ids_valid(blob: np.ndarray, offsets: np.ndarray) -> bool:
+    """Every id blob[offsets[i]:offsets[i+1]] is valid UTF-8, without a Python loop: the whole
+    blob decodes, and no id starts on a continuation byte (so none splits a character)."""
+    try:
+        codecs.utf_8_decode(memoryview(blob), "strict", True)
+    except UnicodeDecodeError:
+        return False
+    starts = offsets[:-1]
+    return not np.any((blob[starts] & 0xC0) == 0x80) if len(starts) else True
 
 
 def _read_exact(f: BinaryIO, buf: memoryview) -> None:
