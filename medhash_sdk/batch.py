@@ -582,7 +582,6 @@ def build_index(dirs: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
     for _, m in jobs:
         columns += [c for c in m["label_columns"] if c not in columns]
     index = _index_cls()(nbits=nbits, fingerprint=fp)
-    seen_in: dict[str, str] = {}
     with atomic_open(sources_path(out), "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["id", "path", *columns])
@@ -597,12 +596,11 @@ def build_index(dirs: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
                 if list(shard.ids) != ids:
                     raise ShardDirError(f"{sd.shard_path(i, 'idx')}: ids differ from its sidecar; "
                                         "delete both shard files and rerun the encode command")
-                dup = [x for x in ids if x in seen_in]
-                if dup:
-                    raise ShardDirError(f"id {dup[0]!r} is in {seen_in[dup[0]]} and in {sd.path}: ids must be "
-                                        "unique across the directories of one index")
-                seen_in.update((x, sd.path) for x in ids)
-                index.add(shard.get_codes(ids), ids=ids)
+                try:
+                    index.add(shard.get_codes(ids), ids=ids)
+                except ValueError as e:  # an id of this shard is already in (from another directory)
+                    raise ShardDirError(f"{sd.path}: {e}; ids must be unique across the directories of "
+                                        "one index") from e
                 for x, p, vals in zip(ids, meta["paths"], meta["labels"]):
                     row = [""] * len(columns)
                     for k, v in zip(where, vals):

@@ -1,0 +1,162 @@
+"""The medhash CLI: encode -> index build -> search (--json, --explain), exit statuses, demo."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from _models import tiny_model
+from medhash_sdk.cli import main
+from medhash_sdk.codes import brute_force_search
+from medhash_sdk.encoder import Encoder, default_model_path
+from medhash_sdk.exceptions import ModelFileError
+from medhash_sdk.index import Index
+from medhash_sdk.metrics import map_at_k
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih_png_1024"
+SAMPLES = Path(__file__).resolve().parents[1] / "medhash_sdk" / "assets" / "samples"
+PNGS = sorted(DATA.glob("*.png"))
+pytestmark = pytest.mark.skipif(len(PNGS) < 16, reason=f"real NIH PNGs not found in {DATA}")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("models")
+    tiny_model(d / "tiny.onnx")
+    tiny_model(d / "other.onnx", seed=3)
+    return d / "tiny.onnx", d / "other.onnx"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, models):
+    """16 real radiographs (downsized) + one broken file, encoded, indexed."""
+    root = tmp_path_factory.mktemp("cli")
+    imgs = root / "imgs"
+    imgs.mkdir()
+    rows = []
+    for i, p in enumerate(PNGS[:16]):
+        im = cv2.resize(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE), (160, 160), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(imgs / p.name), im)
+        rows.append([f"imgs/{p.name}", "1" if i % 3 == 0 else "0", "1" if i % 4 == 0 else "0"])
+    (imgs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    rows.append(["imgs/broken.png", "0", "0"])
+    with open(root / "cases.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "Effusion", "Mass"])
+        w.writerows(rows)
+    return root
+
+
+def test_encode_index_search_json_explain(built, models, capsys):
+    model, _ = models
+    out = built / "shards"
+    rc = main(["encode", str(built / "cases.csv"), "--out", str(out), "--model", str(model), "--shard-size", "5",
+               "--batch-size", "4", "--workers", "2", "--no-progress", "--providers", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 3, err                                   # finished, one input failed
+    assert "16 of 17 inputs encoded into 4 shards" in err and "1 inputs failed" in err
+    with open(out / "errors.csv", newline="") as f:
+        assert [r["id"] for r in csv.DictReader(f)] == ["imgs/broken.png"]
+    idx_path = built / "codes.idx"
+    assert main(["index", "build", str(out), "--out", str(idx_path), "--model", str(model)]) == 0
+    capsys.readouterr()
+    assert main(["index", "info", str(idx_path), "--verify"]) == 0
+    assert "16 codes of 64 bits" in capsys.readouterr().out
+
+    queries = [built / "imgs" / PNGS[1].name, built / "imgs" / PNGS[6].name]
+    assert main(["search", "--index", str(idx_path), "--model", str(model), *map(str, queries), "-k", "4", "--json",
+                 "--explain", str(built / "explain"), "--providers", "cpu"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    # the same answer as encoding the queries and brute-forcing the index's codes
+    enc = Encoder(model, providers="cpu")
+    index = Index.load(idx_path)
+    ids = list(index.ids)
+    rows, dist = brute_force_search(enc.encode(queries), index.get_codes(ids), 4)
+    for r, row, drow in zip(res["results"], rows, dist):
+        assert [m["id"] for m in r["matches"]] == [ids[j] for j in row]
+        assert [m["distance"] for m in r["matches"]] == drow.tolist()
+        first = r["matches"][0]
+        assert set(first["labels"]) == {"Effusion", "Mass"} and Path(first["path"]).is_file()
+        sheet = cv2.imread(r["contact_sheet"])
+        assert sheet is not None and sheet.shape[1] > 4 * 256     # query + 4 matches side by side
+    assert res["results"][0]["matches"][0]["distance"] == 0      # the query itself is in the index
+    assert res["results"][0]["matches"][0]["id"] == f"imgs/{PNGS[1].name}"
+    # the table form names the labels; an unreadable query gives exit status 3
+    rc = main(["search", "--index", str(idx_path), "--model", str(model), str(queries[0]),
+               str(built / "imgs" / "broken.png"), "-k", "2", "--providers", "cpu"])
+    cap = capsys.readouterr()
+    assert rc == 3 and "1 of 2 queries could not be read" in cap.err
+    assert f"distance   0  imgs/{PNGS[1].name}" in cap.out
+
+
+def test_model_mismatch_and_unfinished_refused(built, models, capsys, tmp_path):
+    model, other = models
+    out = built / "shards"
+    idx_path = built / "codes.idx"
+    if not idx_path.exists():
+        pytest.skip("needs test_encode_index_search_json_explain first")
+    rc = main(["search", "--index", str(idx_path), "--model", str(other), str(built / "imgs" / PNGS[0].name),
+               "--providers", "cpu"])
+    assert rc == 1 and "model" in capsys.readouterr().err
+    rc = main(["index", "build", str(out), "--out", str(tmp_path / "x.idx"), "--model", str(other)])
+    assert rc == 1 and "cannot share an index" in capsys.readouterr().err
+    rc = main(["encode", str(built / "cases.csv"), "--out", str(out), "--model", str(other), "--shard-size", "5",
+               "--no-progress", "--providers", "cpu"])
+    assert rc == 1 and "codes of two models cannot be mixed" in capsys.readouterr().err
+    # an interrupted job (manifest still 'running') cannot be indexed yet
+    part = tmp_path / "part"
+    shutil.copytree(out, part)
+    m = json.loads((part / "manifest.json").read_text())
+    m["status"] = "running"
+    (part / "manifest.json").write_text(json.dumps(m))
+    assert main(["index", "build", str(part), "--out", str(tmp_path / "y.idx")]) == 1
+    assert "unfinished" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["encode", "--ray", str(built / "imgs"), "--out", str(tmp_path / "z")])
+    assert "--ray=ADDRESS" in capsys.readouterr().err
+
+
+def test_demo_with_a_test_model(models, tmp_path, capsys):
+    if not (SAMPLES / "labels.csv").is_file():
+        pytest.skip("bundled samples not present")
+    model, _ = models
+    assert main(["demo", "--model", str(model), "--out", str(tmp_path / "demo"), "-k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "mAP over the 10 samples" in out and (tmp_path / "demo" / "contact_sheet.png").is_file()
+    # the printed mAP is the leave-one-out mAP of the model's codes, computed independently here
+    enc = Encoder(model, providers="cpu")
+    with open(SAMPLES / "labels.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    names = [c for c in rows[0] if c not in ("file", "image_index", "patient_id")]
+    flags = np.array([[int(r[c]) for c in names] for r in rows])
+    flags = np.concatenate([flags, (flags.sum(1, keepdims=True) == 0)], axis=1)
+    codes = enc.encode([SAMPLES / r["file"] for r in rows])
+    n = len(rows)
+    bits = np.unpackbits(codes, axis=1).astype(int)
+    d = (bits[:, None, :] != bits[None, :, :]).sum(-1)
+    rel = flags @ flags.T
+    off = ~np.eye(n, dtype=bool)
+    want = map_at_k(d[off].reshape(n, n - 1), rel[off].reshape(n, n - 1), k=None)
+    assert f"{want:.3f}" in out
+    assert out.count("  1. distance") == n                       # every sample searched
+    # searched against the others: a sample never matches itself first
+    lines = out.splitlines()
+    for r in rows:
+        at = next(i for i, line in enumerate(lines) if line.startswith(r["file"] + "  ["))
+        assert lines[at + 1].startswith("  1. distance") and r["file"] not in lines[at + 1]
+
+
+def test_demo_without_bundled_model_says_why(tmp_path, capsys, monkeypatch):
+    try:
+        default_model_path()
+        pytest.skip("a default model is bundled")
+    except ModelFileError:
+        pass
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo"]) == 1
+    assert "no trained default model is bundled" in capsys.readouterr().err
