@@ -209,3 +209,33 @@ def test_missing_onnxruntime_gives_install_hint(model):
             "except ImportError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "medhash-sdk[cpu]" in out.stdout and "medhash-sdk[gpu]" in out.stdout, out.stderr
+
+
+@pytest.mark.slow
+def test_real_exported_paper_net_matches_torch(tmp_path):
+    """The paper network exported by medhash_train: Encoder codes from PNG files == torch codes."""
+    torch = pytest.importorskip("torch", reason="torch (the training extra) is needed to export the paper net")
+    onnx_export = pytest.importorskip("medhash_train.onnx_export", reason="medhash_train.onnx_export not available")
+    from medhash_train.attention import NetConfig, build_model
+
+    from medhash_sdk.preprocessing import Preprocessing
+
+    torch.manual_seed(0)
+    labels = [f"label{i}" for i in range(15)]
+    model = build_model(NetConfig(nbits=64, num_labels=len(labels), width=0.25))
+    with torch.no_grad():   # non-trivial BatchNorm statistics
+        model.train()
+        model(torch.randn(8, 1, 64, 64))
+    spec = Preprocessing(input_size=64)
+    card = onnx_export.export_onnx(model, spec, labels, "attention-untrained", tmp_path / "paper.onnx")
+    enc = Encoder(tmp_path / "paper.onnx", providers="cpu")
+    assert enc.fingerprint == card.fingerprint
+    res = enc.analyze(PNGS, batch_size=5)
+    x = preprocess_batch([cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in PNGS], spec)
+    model.eval()
+    with torch.no_grad():
+        u, probs, attn = (t.numpy() for t in model(torch.from_numpy(x)))
+    bits = np.unpackbits(res.codes, axis=1).astype(bool)
+    assert (bits == (u > 0)).mean() >= 0.999
+    np.testing.assert_allclose(res.probabilities, probs, atol=1e-4)
+    np.testing.assert_allclose(res.attention, attn.reshape(res.attention.shape), atol=1e-4)
