@@ -127,6 +127,12 @@ class _SortedRows:
         return bool(len(s) > 1 and np.any(s[1:] == s[:-1]))
 
 
+def repeated(a: np.ndarray) -> np.ndarray:
+    """Values that occur more than once in a, sorted (a sort, not numpy's slower hash unique)."""
+    s = np.sort(a)
+    return np.unique(s[1:][s[1:] == s[:-1]]) if len(s) > 1 else s[:0]
+
+
 def _classify(ids: Any) -> str:
     """'int64' or 'str' for user ids (a scalar, a sequence or an array)."""
     if isinstance(ids, str):
@@ -263,8 +269,7 @@ class IntIds:
         return out
 
     def duplicates_within(self, prepared: np.ndarray) -> list[Any]:
-        u, c = np.unique(prepared, return_counts=True)
-        return u[c > 1][:5].tolist()
+        return repeated(prepared)[:5].tolist()
 
     def append(self, prepared: np.ndarray) -> None:
         n_old = self.col.n

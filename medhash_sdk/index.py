@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import _index_file
-from ._ids import INT64, STR, Growable, IntIds, StrIds, _classify
+from ._ids import INT64, STR, Growable, IntIds, StrIds, _classify, repeated
 from ._rwlock import RWLock
 from ._system import available_cpus
 from .codes import check_nbits
@@ -111,6 +111,8 @@ class Index:
         self._mm: mmap.mmap | None = None
         self._header: _index_file.Header | None = None
         self._path: str | None = None
+        self._version = 0  # bumped by every add()/remove(): tells a stale HNSW graph
+        self._approx: tuple[Any, int] | None = None  # (ApproximateHammingIndex, _version)
 
     # ------------------------------------------------------------------ properties
 
@@ -248,6 +250,7 @@ class Index:
                 self._codes.n = n_old
                 raise
             self._ids = store
+            self._version += 1
             if store.kind == INT64 and m:
                 self._next_id = max(self._next_id, int(prepared.max()) + 1)
             return store.take(np.arange(n_old, n_old + m, dtype=np.int64))
@@ -279,6 +282,7 @@ class Index:
             if removed:
                 self._codes.keep(keep)
                 store.keep(keep)
+                self._version += 1
             return removed
 
     def get_codes(self, ids: Any) -> np.ndarray:
@@ -324,7 +328,7 @@ class Index:
         return mask
 
     def search(self, queries: Any, k: int = 10, threads: int = 0, *, allow: Any = None, deny: Any = None,
-               fingerprint: str | None = None) -> SearchResult:
+               fingerprint: str | None = None, approximate: bool = False) -> SearchResult:
         """The k nearest codes by Hamming distance, exactly (equal to a brute-force scan).
 
         queries: uint8 one code (nbytes,) -> results of shape (k,); or (nq, nbytes) -> (nq, k).
@@ -338,6 +342,9 @@ class Index:
             current row, in the order of Index.ids (True = allowed for allow=, True =
             excluded for deny=).
         fingerprint: the model that made the queries; ModelMismatchError if not the index's.
+        approximate: walk the HNSW graph of build_approximate() instead of scanning every
+            code (faster on large clustered collections, may miss neighbours; distances are
+            still exact). No allow/deny with it.
         Ties: equal distances rank in insertion order (kept through remove()).
         """
         if fingerprint is not None:
@@ -345,19 +352,11 @@ class Index:
         q, one = self._as_codes(queries, "queries")
         k = _check_positive_int("k", k, 1)
         threads = _check_positive_int("threads", threads, 0) or available_cpus()
-        nq = len(q)
         with self._lock.read():
-            n = len(self)
-            mask = self._mask(allow, deny)
-            kk = min(k, n)
-            if kk and nq:
-                rows, dist = _engine().search(self._codes.data, q, kk, threads, mask)
-                if kk < k:
-                    rows = np.concatenate([rows, np.full((nq, k - kk), -1, np.int64)], axis=1)
-                    dist = np.concatenate([dist, np.full((nq, k - kk), -1, np.int32)], axis=1)
+            if approximate:
+                rows, dist = self._approximate(q, k, threads, allow, deny)
             else:
-                rows = np.full((nq, k), -1, dtype=np.int64)
-                dist = np.full((nq, k), -1, dtype=np.int32)
+                rows, dist = self._scan(q, k, threads, self._mask(allow, deny))
             if self._ids is None:
                 ids = rows
             else:
@@ -365,6 +364,43 @@ class Index:
         if one:
             ids, dist = ids[0], dist[0]
         return SearchResult(ids, dist)
+
+    def _scan(self, q: np.ndarray, k: int, threads: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The exact engine over the current rows, padded to k. Caller holds the lock."""
+        nq, kk = len(q), min(k, len(self))
+        if not (kk and nq):
+            return np.full((nq, k), -1, dtype=np.int64), np.full((nq, k), -1, dtype=np.int32)
+        rows, dist = _engine().search(self._codes.data, q, kk, threads, mask)
+        if kk < k:
+            rows = np.concatenate([rows, np.full((nq, k - kk), -1, np.int64)], axis=1)
+            dist = np.concatenate([dist, np.full((nq, k - kk), -1, np.int32)], axis=1)
+        return rows, dist
+
+    def build_approximate(self, *, connectivity: int = 16, expansion_add: int = 128,
+                          expansion_search: int = 64, threads: int = 0) -> None:
+        """Build an HNSW graph (medhash_sdk.approx, usearch) over the current codes, for
+        search(approximate=True). It pays off past ~10M clustered codes; on uniform codes the
+        exact scan is faster. Kept in memory only (not saved); any later add() or remove()
+        makes it stale, and search(approximate=True) then asks for a rebuild.
+        """
+        from .approx import ApproximateHammingIndex
+
+        threads = _check_positive_int("threads", threads, 0) or available_cpus()
+        ann = ApproximateHammingIndex(self._nbits, connectivity=connectivity, expansion_add=expansion_add,
+                                      expansion_search=expansion_search)
+        with self._lock.read():
+            ann.add(self._codes.data, np.arange(len(self), dtype=np.int64), threads=threads)
+            self._approx = (ann, self._version)
+
+    def _approximate(self, q: np.ndarray, k: int, threads: int, allow: Any, deny: Any) -> tuple[np.ndarray, np.ndarray]:
+        if allow is not None or deny is not None:
+            raise ValueError("allow=/deny= need the exact scan: drop approximate=True (an HNSW walk "
+                             "cannot apply a mask without over-fetching)")
+        approx = self._approx
+        if approx is None or approx[1] != self._version:
+            raise ValueError("approximate=True needs build_approximate() after the last add()/remove()")
+        rows, dist = approx[0].search(q, k, threads=threads)
+        return rows, dist
 
     # ------------------------------------------------------------------ files
 
@@ -466,7 +502,7 @@ class Index:
                 keys = store.keys()
                 if len(keys) and int(keys.min()) < 0:
                     raise IndexFileError("the index holds negative ids")
-                if len(np.unique(keys)) != len(keys):
+                if len(repeated(keys)):
                     raise IndexFileError("the index holds duplicate ids")
             else:
                 problem = store.check()

@@ -10,7 +10,7 @@ import pytest
 
 import medhash_sdk
 from medhash_sdk import _ids, index as index_mod
-from medhash_sdk.codes import brute_force_search, pack_codes
+from medhash_sdk.codes import brute_force_search, hamming_distances, pack_codes
 from medhash_sdk.exceptions import ModelMismatchError
 from medhash_sdk.index import Index, SearchResult
 
@@ -414,8 +414,9 @@ def test_writes_during_searches_never_tear(kind):
     for t in readers:
         t.start()
     try:
+        deadline = time.monotonic() + 4.0  # bounded on a loaded machine
         for rounds in range(5000):  # until the readers have seen plenty of states
-            if rounds >= 60 and len(seen) >= 400:
+            if (rounds >= 30 and len(seen) >= 200) or time.monotonic() > deadline:
                 break
             for g in (1, 2):
                 idx.add(np.repeat(q[None], 5, axis=0), ids=groups[g])
@@ -429,3 +430,31 @@ def test_writes_during_searches_never_tear(kind):
             t.join()
     assert errors == []
     assert len(set(seen)) >= 2  # the readers really ran between writes
+
+
+def test_approximate_hook_uses_hnsw_and_refuses_stale_graphs():
+    rng = np.random.default_rng(5)
+    centres = rng.integers(0, 2, (20, 64), dtype=np.uint8)
+    bits = centres[rng.integers(0, 20, 3000)] ^ (rng.random((3000, 64)) < 0.1)
+    codes = np.packbits(bits.astype(np.uint8), axis=1)
+    idx = Index(64)
+    idx.add(codes, ids=[f"img{i}" for i in range(3000)])
+    q = codes[:20]
+    with pytest.raises(ValueError, match="build_approximate"):
+        idx.search(q, k=10, approximate=True)
+    idx.build_approximate(threads=1)
+    exact = idx.search(q, k=10)
+    approx = idx.search(q, k=10, approximate=True)
+    assert approx.ids.shape == (20, 10) and approx.ids.dtype == object
+    # distances reported are the true Hamming distances of the returned ids
+    rows = np.array([[int(s[3:]) for s in r] for r in approx.ids])
+    true = np.take_along_axis(hamming_distances(q, codes), rows, axis=1)
+    assert np.array_equal(true, approx.distances)
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx.ids.tolist(), exact.ids.tolist())])
+    assert recall >= 0.8
+    assert approx.distances[:, -1].tolist() >= exact.distances[:, -1].tolist()
+    with pytest.raises(ValueError, match="exact scan"):
+        idx.search(q, k=10, approximate=True, deny=["img0"])
+    idx.remove(["img0"])
+    with pytest.raises(ValueError, match="after the last add"):
+        idx.search(q, k=10, approximate=True)
