@@ -162,6 +162,12 @@ row number; padded with row -1 and distance -1 when fewer than k rows qualify.)d
         for (int l = medhash::LEVEL_PORTABLE; l <= g_best_level; ++l) out.append(medhash::level_name(l));
         return out;
     }, "The SIMD paths this CPU supports, lowest first.");
+    m.def("set_split_bytes", [](const py::object& v) {
+        const int64_t b = check_int(v, "min_bytes", 1);
+        return medhash::min_split_bytes().exchange(b);
+    }, py::arg("min_bytes"),
+          "Bytes of codes each thread must get before a single query is split across threads "
+          "(default 4 MiB); returns the previous value. For tests. Process-wide.");
     m.def("set_simd_level", &set_simd_level, py::arg("level"),
           "Force a SIMD path (for tests and benchmarks); returns the previous one. Process-wide.");
 }

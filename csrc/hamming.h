@@ -13,6 +13,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <exception>
@@ -381,8 +382,13 @@ inline void run_block(const SearchJob& job, ScanFn scan, int64_t q0, int64_t q1,
         s.states[static_cast<size_t>(i)].finish(rows + i * job.k, dists + i * job.k, job.k);
 }
 
-// Rows per thread below which extra threads cost more than they save.
-constexpr int64_t kMinRowsPerThread = 8192;
+// Bytes of codes per thread below which a single query is not split: starting a thread costs
+// tens of microseconds, about what one core needs to stream 4 MB. Process-wide, changed only
+// by tests (set_split_bytes) so that small inputs exercise the split-and-merge path.
+inline std::atomic<int64_t>& min_split_bytes() {
+    static std::atomic<int64_t> v{int64_t{4} << 20};
+    return v;
+}
 constexpr int64_t kMaxQueryBlock = 32;
 
 template <class F>
@@ -436,8 +442,10 @@ inline void search(const SearchJob& job, int threads, int level) {
 
     if (job.nq >= threads) {
         // Batches: threads take blocks of queries; each block scans all rows once.
+        // blocks of at most kMaxQueryBlock queries, the same number for every thread
         const int64_t per_thread = (job.nq + threads - 1) / threads;
-        const int64_t qb = std::min(kMaxQueryBlock, per_thread);
+        const int64_t blocks_per_thread = (per_thread + kMaxQueryBlock - 1) / kMaxQueryBlock;
+        const int64_t qb = (per_thread + blocks_per_thread - 1) / blocks_per_thread;
         const int64_t nblocks = (job.nq + qb - 1) / qb;
         const int nthreads = static_cast<int>(std::min<int64_t>(threads, nblocks));
         run_threads(nthreads, [&](int t) {
@@ -452,7 +460,8 @@ inline void search(const SearchJob& job, int threads, int level) {
 
     // Fewer queries than threads: split the rows; each part keeps its own exact top-k of its
     // range, then the parts are merged per query (same tie rule: parts are in row order).
-    const int64_t max_parts = std::max<int64_t>(1, job.n / kMinRowsPerThread);
+    const int64_t min_bytes = std::max<int64_t>(1, min_split_bytes().load(std::memory_order_relaxed));
+    const int64_t max_parts = std::max<int64_t>(1, job.n * job.nbytes / min_bytes);
     const int nparts = static_cast<int>(std::min<int64_t>(threads, max_parts));
     if (nparts <= 1) {
         const int64_t qb = std::min(kMaxQueryBlock, job.nq);

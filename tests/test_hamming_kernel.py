@@ -41,6 +41,17 @@ def forced_level(level):
         H.set_simd_level(before)
 
 
+@contextmanager
+def split_small_inputs():
+    """Let a single query be split across threads even for tiny inputs (normally >= 4 MiB a
+    thread), so the split-and-merge path meets ties, masks and k > n at every size."""
+    before = H.set_split_bytes(1)
+    try:
+        yield
+    finally:
+        H.set_split_bytes(before)
+
+
 def make_codes(rng, n, nbytes, distinct):
     """n codes; distinct=None: uniform bytes, else drawn from that many codes (many ties)."""
     if distinct is None:
@@ -85,7 +96,7 @@ def test_matches_reference(seed, n, nbytes, nq, k_extra, k_frac, distinct, mask,
         "none_allowed": np.zeros(n, dtype=bool),
         "all_allowed": np.ones(n, dtype=np.uint8),
     }[mask]
-    with forced_level(level):
+    with forced_level(level), split_small_inputs():
         got = H.search(codes, queries, k, threads, allow)
     assert_same(got, brute_force_search(queries, codes, k, allow))
 
@@ -132,10 +143,21 @@ def test_large_rows_split_across_threads(level_guard, level, nbytes, threads):
     queries = codes[[0, 49_999]].copy()
     allow = rng.random(n) < 0.7
     H.set_simd_level(level)
-    for k in (1, 10, 1000, 40_000, 60_000):
-        for m in (None, allow):
-            for q in (queries[:1], queries):  # one query (row split) and two (row split too)
-                assert_same(H.search(codes, q, k, threads, m), brute_force_search(q, codes, k, m))
+    with split_small_inputs():
+        for k in (1, 10, 1000, 40_000, 60_000):
+            for m in (None, allow):
+                for q in (queries[:1], queries):  # one query (row split) and two (row split too)
+                    assert_same(H.search(codes, q, k, threads, m), brute_force_search(q, codes, k, m))
+
+
+def test_default_split_on_large_input():
+    """Over 4 MiB of codes a single query is split across threads by default."""
+    rng = np.random.default_rng(11)
+    codes = make_codes(rng, 700_000, 8, 50)
+    q = codes[[123_456]].copy()
+    want = brute_force_search(q, codes, 500)
+    for threads in (1, 2, 3):
+        assert_same(H.search(codes, q, 500, threads), want)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -212,6 +234,8 @@ def test_numpy_integer_k_and_threads():
 def test_set_simd_level_rejects_unknown(level_guard):
     with pytest.raises(ValueError, match="unknown SIMD level"):
         H.set_simd_level("sse9")
+    with pytest.raises(ValueError, match="min_bytes must be >= 1"):
+        H.set_split_bytes(0)
     previous = H.set_simd_level("portable")
     assert H.simd_level() == "portable"
     assert H.set_simd_level(previous) == "portable"
