@@ -251,16 +251,17 @@ class IntIds:
                     self._map = m
         return self._map
 
-    def prepare(self, ids: Any) -> np.ndarray:
+    def prepare(self, ids: Any) -> Any:
+        """User ids -> the opaque form rows()/append() take (here an int64 array)."""
         if _classify(ids) != INT64:
             raise TypeError("this index uses int64 ids; pass integers, not str")
         return as_int_ids(ids)
 
     @staticmethod
-    def size(prepared: np.ndarray) -> int:
+    def size(prepared: Any) -> int:
         return len(prepared)
 
-    def rows(self, prepared: np.ndarray) -> np.ndarray:
+    def rows(self, prepared: Any) -> np.ndarray:
         """Row of each id, -1 where absent."""
         out = np.full(len(prepared), -1, dtype=np.int64)
         if len(prepared) and self.col.n:
@@ -268,10 +269,10 @@ class IntIds:
             out[qi] = r
         return out
 
-    def duplicates_within(self, prepared: np.ndarray) -> list[Any]:
+    def duplicates_within(self, prepared: Any) -> list[Any]:
         return repeated(prepared)[:5].tolist()
 
-    def append(self, prepared: np.ndarray) -> None:
+    def append(self, prepared: Any) -> None:
         n_old = self.col.n
         self.col.append(prepared)
         if self._map is not None:
@@ -309,7 +310,7 @@ class StrIds:
 
     def __init__(self, blob: np.ndarray | None = None, offsets: np.ndarray | None = None,
                  hashes: np.ndarray | None = None):
-        if blob is None:
+        if blob is None or offsets is None or hashes is None:
             self.blob = Growable(np.empty(0, np.uint8), 0)
             self.offsets = Growable(np.zeros(1, np.int64))
             self.hashes = Growable(np.empty(0, np.uint64), 0)
@@ -331,7 +332,7 @@ class StrIds:
                     self._map = _SortedRows(self.keys())
         return self._map
 
-    def prepare(self, ids: Any) -> tuple[list[str], list[bytes], np.ndarray]:
+    def prepare(self, ids: Any) -> Any:
         if _classify(ids) != STR:
             raise TypeError("this index uses str ids; pass strings, not integers")
         items = as_str_ids(ids)
@@ -343,10 +344,10 @@ class StrIds:
         return self.blob.data[int(off[row]) : int(off[row + 1])].tobytes()
 
     @staticmethod
-    def size(prepared: tuple[list[str], list[bytes], np.ndarray]) -> int:
+    def size(prepared: Any) -> int:
         return len(prepared[0])
 
-    def rows(self, prepared: tuple[list[str], list[bytes], np.ndarray]) -> np.ndarray:
+    def rows(self, prepared: Any) -> np.ndarray:
         _, enc, h = prepared
         out = np.full(len(enc), -1, dtype=np.int64)
         if len(enc) and len(self):
@@ -356,7 +357,7 @@ class StrIds:
                     out[i] = row
         return out
 
-    def duplicates_within(self, prepared: tuple[list[str], list[bytes], np.ndarray]) -> list[Any]:
+    def duplicates_within(self, prepared: Any) -> list[Any]:
         items = prepared[0]
         if len(set(items)) == len(items):
             return []
@@ -368,7 +369,7 @@ class StrIds:
             seen.add(s)
         return dup[:5]
 
-    def append(self, prepared: tuple[list[str], list[bytes], np.ndarray]) -> None:
+    def append(self, prepared: Any) -> None:
         _, enc, h = prepared
         n_old = len(self)
         base = int(self.offsets.data[-1])

@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import io
 import mmap
 import os
 import struct
 import tempfile
 import zlib
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
@@ -55,7 +56,7 @@ _PREFIX = struct.Struct("<8sII")  # magic, version, header size: the same in eve
 _HEADER_V1 = struct.Struct("<8sIIIIQqQQ10Q16sI")  # 156 bytes, zero-padded to 192
 _CHECKSUM_AT, _CRC_AT, _CRC_END = 136, 152, 156
 SECTIONS = ("fingerprint", "codes", "ids", "blob", "hashes")
-_DTYPES = {"fingerprint": np.dtype(np.uint8), "codes": np.dtype(np.uint8), "ids": np.dtype("<i8"),
+_DTYPES: dict[str, np.dtype[Any]] = {"fingerprint": np.dtype(np.uint8), "codes": np.dtype(np.uint8), "ids": np.dtype("<i8"),
            "blob": np.dtype(np.uint8), "hashes": np.dtype("<u8")}
 
 
@@ -210,7 +211,7 @@ class Contents:
 
 def _check_contents(c: Contents) -> None:
     """Cheap O(n) checks that keep a crafted file (with a valid checksum) from misbehaving."""
-    if c.header.id_type == "int64":
+    if c.blob is None:
         if c.header.count and int(c.ids.min()) < 0:
             raise IndexFileError("the index holds negative ids: the file is damaged")
         return
@@ -224,15 +225,19 @@ def _check_contents(c: Contents) -> None:
 def utf8_ids_valid(blob: np.ndarray, offsets: np.ndarray) -> bool:
     """Every id blob[offsets[i]:offsets[i+1]] is valid UTF-8, without a Python loop: the whole
     blob decodes, and no id starts on a continuation byte (so none splits a character)."""
+    starts = offsets[:-1]
+    # decode in ~16 MB pieces cut at id boundaries, so no giant str is ever built
+    at = np.minimum(np.searchsorted(starts, np.arange(1 << 24, len(blob), 1 << 24)), max(len(starts) - 1, 0))
+    cuts = np.unique(np.concatenate([[0], starts[at] if len(starts) else [], [len(blob)]])).astype(np.int64)
     try:
-        codecs.utf_8_decode(memoryview(blob), "strict", True)
+        for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist()):
+            codecs.utf_8_decode(blob[a:b].data, "strict", True)
     except UnicodeDecodeError:
         return False
-    starts = offsets[:-1]
     return not np.any((blob[starts] & 0xC0) == 0x80) if len(starts) else True
 
 
-def _read_exact(f: BinaryIO, buf: memoryview) -> None:
+def _read_exact(f: io.BufferedReader, buf: memoryview) -> None:
     got = f.readinto(buf)
     while got is not None and got < len(buf):
         more = f.readinto(buf[got:])
@@ -260,7 +265,7 @@ def read(path: str | os.PathLike) -> Contents:
             digest.update(gap)
             dtype = _DTYPES[name]
             arr = np.empty(sz // np.dtype(dtype).itemsize, dtype=dtype)
-            mv = memoryview(arr).cast("B")
+            mv = arr.data.cast("B")
             _read_exact(f, mv)
             digest.update(mv)
             arrays[name] = arr
@@ -285,7 +290,7 @@ def _contents(h: Header, arrays: dict[str, np.ndarray]) -> Contents:
                     arrays.get("hashes", np.empty(0, np.uint64)) if is_str else None)
 
 
-def map_file(path: str | os.PathLike) -> tuple[Contents, mmap.mmap | None]:
+def map_file(path: str | os.PathLike) -> tuple[Contents, mmap.mmap]:
     """Check the header and sizes only, and map the sections (nothing else is read)."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size

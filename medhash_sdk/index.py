@@ -413,7 +413,7 @@ class Index:
         """
         with self._lock.read():
             store = self._ids or IntIds()
-            if store.kind == INT64:
+            if isinstance(store, IntIds):
                 ids, blob, hashes = store.col.data, None, None
             else:
                 ids, blob, hashes = store.offsets.data, store.blob.data, store.hashes.data
@@ -498,7 +498,7 @@ class Index:
                 return
             if len(store) != len(self):
                 raise IndexFileError(f"{len(store)} ids for {len(self)} codes")
-            if store.kind == INT64:
+            if isinstance(store, IntIds):
                 keys = store.keys()
                 if len(keys) and int(keys.min()) < 0:
                     raise IndexFileError("the index holds negative ids")
