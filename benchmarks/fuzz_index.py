@@ -230,6 +230,8 @@ def fuzz(n_mutations: int, seed: int = 0, workdir: str | None = None, hang_timeo
             finally:
                 faulthandler.cancel_dump_traceback_later()
             stats["total"] += 1
+            stats["(of which bytes unchanged by the mutation)"] += data == original
+            stats["(of which resealed)"] += resealed
             stats[f"{kind}: {outcome}" if outcome.startswith("FAIL") else outcome] += 1
             if outcome.startswith("FAIL"):
                 (Path(workdir or ".") / f"fuzz-fail-{i}.mhi").write_bytes(data)

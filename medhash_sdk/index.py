@@ -212,11 +212,9 @@ class Index:
         c, _ = self._as_codes(codes, "codes")
         m = len(c)
         with self._lock.write():
-            if fingerprint is not None:
-                if self._fingerprint is None and len(self) == 0:
-                    self._fingerprint = fingerprint
-                else:
-                    self.check_fingerprint(fingerprint)
+            adopt = fingerprint is not None and self._fingerprint is None and len(self) == 0
+            if fingerprint is not None and not adopt:
+                self.check_fingerprint(fingerprint)
             store = self._ids
             if ids is None:
                 if store is not None and store.kind == STR and len(store):
@@ -251,6 +249,8 @@ class Index:
                 raise
             self._ids = store
             self._version += 1
+            if adopt:
+                self._fingerprint = fingerprint
             if store.kind == INT64 and m:
                 self._next_id = max(self._next_id, int(prepared.max()) + 1)
             return store.take(np.arange(n_old, n_old + m, dtype=np.int64))

@@ -270,6 +270,9 @@ def test_fingerprints_keep_models_apart():
     idx.check_fingerprint(a)
     assert len(idx) == 3
     anon = Index(64)
+    with pytest.raises(ValueError):
+        anon.add(_codes(2), ids=[1, 1], fingerprint=b)
+    assert anon.fingerprint is None  # a failed add changes nothing
     anon.add(_codes(1), fingerprint=b)  # an empty index without one adopts it
     assert anon.fingerprint == b
     with pytest.raises(TypeError):
