@@ -35,6 +35,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import concurrent.futures as cf
+import concurrent.futures.process
 import csv
 import io
 import json
@@ -288,9 +289,7 @@ class DecodePools:
         use_procs = self.mode == "process" or (self.mode == "auto" and kind == "dicom")
         if use_procs:
             if self._procs is None:
-                # spawn, not fork: the parent runs ONNX Runtime threads, and forking a threaded
-                # process can deadlock the child.
-                self._procs = cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+                self._procs = cf.ProcessPoolExecutor(self.workers, mp_context=_process_context())
             return self._procs
         if self._threads is None:
             self._threads = cf.ThreadPoolExecutor(self.workers, thread_name_prefix="medhash-decode")
@@ -310,6 +309,22 @@ class DecodePools:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _process_context() -> Any:
+    """forkserver where there is one, else spawn; never plain fork.
+
+    The parent runs ONNX Runtime threads, and forking a threaded process can deadlock the
+    child. The fork server is a fresh single-threaded interpreter that imports the decoders
+    once; each worker forks from it, instead of starting and importing from scratch (spawn).
+    """
+    methods = multiprocessing.get_all_start_methods()
+    if "forkserver" not in methods:
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["numpy", "cv2", "pydicom", "medhash_sdk.readers", "medhash_sdk.encoder",
+                                "medhash_sdk.batch"])
+    return ctx
 
 
 def _load_one(loader: Callable[[str], np.ndarray], path: str) -> tuple[np.ndarray | None, str]:
@@ -364,7 +379,13 @@ def encode_shards(shards: Iterable[tuple[int, Sequence[Item]]], pools: DecodePoo
     refill()
     while pending:
         i, j, n, it, fut = pending.popleft()
-        arr, reason = fut.result()
+        try:
+            arr, reason = fut.result()
+        except cf.process.BrokenProcessPool as e:
+            raise MedhashError(
+                f"a decode process died while reading {it.path} or a neighbour (a crash in a native decoder, "
+                "or out of memory); finished shards are kept: run the same command again to resume, or use "
+                "--pool thread") from e
         refill()  # keep the decoders busy while the model runs below
         if arr is None:
             errors.append((it, reason))
