@@ -31,6 +31,9 @@ from .readers import MAX_BYTES, MAX_PIXELS, Image, ImageInput, load
 DEFAULT_MODEL = "chestxr64.onnx"
 ASSETS = Path(__file__).resolve().parent / "assets"
 
+#: Batches decoded ahead of the one the model runs on.
+PREFETCH = 2
+
 #: Modalities and body parts the bundled chest X-ray model was trained on (NIH ChestX-ray14).
 RADIOGRAPH_MODALITIES = ("CR", "DX")
 CHEST_TERMS = ("CHEST", "THORAX", "LUNG", "PULMONARY")
@@ -254,10 +257,13 @@ class Encoder:
             def submit(s: int) -> list[cf.Future[Any]]:
                 return [pool.submit(self._prepare, items, i, strict) for i in range(s, min(s + batch_size, n))]
 
-            ahead: collections.deque[list[cf.Future[Any]]] = collections.deque([submit(starts[0])])
+            # keep PREFETCH batches queued behind the one being consumed, so the decode threads
+            # never wait for the model; memory stays bounded at (PREFETCH + 1) batches
+            ahead: collections.deque[list[cf.Future[Any]]] = collections.deque(
+                submit(s) for s in starts[:PREFETCH])
             for b in range(len(starts)):
-                if b + 1 < len(starts):
-                    ahead.append(submit(starts[b + 1]))   # decode the next batch while this one runs
+                if b + PREFETCH < len(starts):
+                    ahead.append(submit(starts[b + PREFETCH]))
                 futures = ahead.popleft()
                 yield collect(f.result() for f in futures)
         finally:
