@@ -64,6 +64,14 @@ class Growable:
         self.n = len(kept)
 
 
+def _searchsorted(keys: np.ndarray, run: np.ndarray, q: np.ndarray, side: Any) -> np.ndarray:
+    """np.searchsorted(keys, q, side, sorter=run); for many queries one gather of the sorted
+    keys (a temporary copy) beats len(q) random indirect probes."""
+    if len(q) * 16 >= len(run):
+        return np.searchsorted(keys[run], q, side=side)
+    return np.searchsorted(keys, q, side=side, sorter=run)
+
+
 class _SortedRows:
     """Rows ordered by key: a big sorted run over rows [0, n_main) and a small one after it."""
 
@@ -80,25 +88,36 @@ class _SortedRows:
         if n == n_old:
             return
         new = np.argsort(keys[n_old:n], kind="stable").astype(np.int64) + (n_old - self.n_main)
-        pos = np.searchsorted(keys[self.n_main : n_old], keys[new + self.n_main], side="right",
-                              sorter=self.delta)
+        pos = _searchsorted(keys[self.n_main : n_old], self.delta, keys[new + self.n_main], "right")
         self.delta = np.insert(self.delta, pos, new)
         if len(self.delta) > max(MERGE_MIN, self.n_main // 8):
             rows = self.delta + self.n_main
-            pos = np.searchsorted(keys[: self.n_main], keys[rows], side="right", sorter=self.main)
+            pos = _searchsorted(keys[: self.n_main], self.main, keys[rows], "right")
             self.main = np.insert(self.main, pos, rows)
             self.n_main = n
             self.delta = np.empty(0, dtype=np.int64)
 
     def candidates(self, keys: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """All (query index, row) pairs whose key equals q[query index]."""
+        if len(q) > 1024:  # sorted probes walk the sorted keys in order: cache-friendly
+            order = np.argsort(q, kind="stable")
+            qi, rows = self._candidates(keys, q[order])
+            return order[qi], rows
+        return self._candidates(keys, q)
+
+    def _candidates(self, keys: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         qs, rs = [], []
         for run, lo, hi in ((self.main, 0, self.n_main), (self.delta, self.n_main, len(keys))):
             if len(run) == 0:
                 continue
             sub = keys[lo:hi]
-            left = np.searchsorted(sub, q, side="left", sorter=run)
-            right = np.searchsorted(sub, q, side="right", sorter=run)
+            if len(q) * 16 >= len(run):  # gather the sorted keys once for both sides
+                sub = sub[run]
+                left = np.searchsorted(sub, q, side="left")
+                right = np.searchsorted(sub, q, side="right")
+            else:
+                left = _searchsorted(sub, run, q, "left")
+                right = _searchsorted(sub, run, q, "right")
             cnt = right - left
             total = int(cnt.sum())
             if total == 0:
@@ -283,6 +302,11 @@ class IntIds:
             self._map.remap(mask)
         self.col.keep(mask)
 
+    @staticmethod
+    def as_array(prepared: Any) -> np.ndarray:
+        """The prepared ids as the array add() returns (int64)."""
+        return np.array(prepared, dtype=np.int64)
+
     def take(self, rows: np.ndarray) -> np.ndarray:
         """Ids of rows (any shape); -1 stays -1."""
         data = self.col.data
@@ -390,6 +414,13 @@ class StrIds:
         np.cumsum(lengths[mask], out=new_off[1:])
         self.offsets = Growable(new_off)
         self.hashes.keep(mask)
+
+    @staticmethod
+    def as_array(prepared: Any) -> np.ndarray:
+        """The prepared ids as the array add() returns (object array of str)."""
+        out = np.empty(len(prepared[0]), dtype=object)
+        out[:] = prepared[0]
+        return out
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """Ids of rows (any shape) as an object array of str; -1 becomes None."""

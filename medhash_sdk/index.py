@@ -253,7 +253,7 @@ class Index:
                 self._fingerprint = fingerprint
             if store.kind == INT64 and m:
                 self._next_id = max(self._next_id, int(prepared.max()) + 1)
-            return store.take(np.arange(n_old, n_old + m, dtype=np.int64))
+            return store.as_array(prepared)
 
     def remove(self, ids: Any) -> int:
         """Remove these ids (int64 or str, like the index's); return how many were removed.

@@ -461,3 +461,21 @@ def test_approximate_hook_uses_hnsw_and_refuses_stale_graphs():
     idx.remove(["img0"])
     with pytest.raises(ValueError, match="after the last add"):
         idx.search(q, k=10, approximate=True)
+
+
+@pytest.mark.parametrize("kind", ["int", "str"])
+def test_large_lookups_find_every_id(kind):
+    """Batches past 1024 ids take the sorted-probe path; they must agree with small lookups."""
+    rng = np.random.default_rng(8)
+    raw = rng.choice(10**12, 5000, replace=False)
+    ids = raw.astype(np.int64) if kind == "int" else np.array([f"1.2.{x}" for x in raw], dtype=object)
+    idx = Index(8)
+    idx.add(_codes(3000, 1), ids=ids[:3000])
+    idx.add(_codes(2000, 1), ids=ids[3000:])  # a second sorted run
+    perm = rng.permutation(5000)
+    queries = np.concatenate([ids[perm], ids[:3][::-1]]) if kind == "int" else list(ids[perm]) + ["nope"]
+    rows = idx._ids.rows(idx._ids.prepare(queries))
+    want = np.concatenate([perm, [2, 1, 0]]) if kind == "int" else np.concatenate([perm, [-1]])
+    assert np.array_equal(rows, want)
+    assert idx.remove(ids[perm[:2500]]) == 2500
+    assert list(idx.ids) == list(ids[np.sort(perm[2500:])])
