@@ -239,3 +239,14 @@ def test_real_exported_paper_net_matches_torch(tmp_path):
     assert (bits == (u > 0)).mean() >= 0.999
     np.testing.assert_allclose(res.probabilities, probs, atol=1e-4)
     np.testing.assert_allclose(res.attention, attn.reshape(res.attention.shape), atol=1e-4)
+
+
+def test_codes_carry_the_fingerprint_into_an_index(enc, arrays):
+    index_mod = pytest.importorskip("medhash_sdk.index", reason="Index (issue 2) not built")
+    codes = enc.encode(PNGS)
+    idx = index_mod.Index(enc.nbits, fingerprint=enc.fingerprint)
+    idx.add(codes, ids=[p.name for p in PNGS], fingerprint=enc.fingerprint)
+    res = idx.search(enc.encode(arrays[4]), k=1)
+    assert int(np.asarray(res.distances).ravel()[0]) == 0
+    with pytest.raises(Exception, match="(?i)fingerprint|model"):
+        idx.add(codes, fingerprint="0" * 64)
