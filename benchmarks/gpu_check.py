@@ -68,6 +68,8 @@ def environment() -> dict[str, Any]:
         try:
             m = __import__(mod)
             env[mod] = getattr(m, "__version__", "present")
+            if mod == "tensorrt" and not hasattr(m, "Builder"):
+                env[mod] = "type stubs only (no runtime)"
         except Exception as e:
             env[mod] = f"missing ({type(e).__name__})"
     try:
