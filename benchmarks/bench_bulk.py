@@ -90,13 +90,13 @@ class TreeRss(threading.Thread):
             self.stop.wait(0.05)
 
 
-def make_data(root: Path, n: int) -> dict[str, int]:
+def make_data(root: Path, n: int, source: Path = DATA) -> dict[str, int]:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    pngs = sorted(DATA.glob("*.png"))
+    pngs = sorted(source.glob("*.png"))
     if len(pngs) < 10:
-        raise SystemExit(f"needs the NIH PNGs in {DATA}")
+        raise SystemExit(f"needs the NIH PNGs in {source} (--source)")
     n16 = n // 4
     ndcm = n // 4
     n8 = n - n16 - ndcm
@@ -189,6 +189,9 @@ def main() -> int:
     ap.add_argument("--bits", type=int, default=64)
     ap.add_argument("--dir", default=None, help="work directory (default: a temporary one)")
     ap.add_argument("--keep", action="store_true", help="keep the generated data")
+    ap.add_argument("--source", default=str(DATA), help="folder of the real NIH PNGs")
+    ap.add_argument("--compare-pools", action="store_true",
+                    help="also measure decode-only files/s per input kind with threads and with processes")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     workers = args.workers or available_cpus()
@@ -208,7 +211,7 @@ def main() -> int:
         data = work / "data"
         if not data.exists():
             t = time.perf_counter()
-            kinds = make_data(data, args.files)
+            kinds = make_data(data, args.files, Path(args.source))
             print(f"generated {kinds} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
         inputs = discover([data])
         n = len(inputs)
@@ -238,6 +241,15 @@ def main() -> int:
               f"({100 * res['pipeline_vs_bound']:.0f}% of bound) |")
         print(f"peak RSS of `medhash encode` and its decode processes together: {w['peak_rss_total_mb']:.0f} MB "
               f"(main process {w['peak_rss_main_mb']:.0f} MB, up to {w['processes']} processes)")
+        if args.compare_pools:
+            print("\ndecode only, files/s, by input kind and pool (same workers):\n| kind | threads | processes |\n|---|---|---|")
+            res["pools"] = {}
+            for kind in ("png8", "png16", "dicom"):
+                sub = discover([data / kind])
+                r = {pool: decode_only(enc, sub, workers, args.batch_size, args.shard_size, pool)
+                     for pool in ("thread", "process")}
+                res["pools"][kind] = r
+                print(f"| {kind} | {r['thread']:.1f} | {r['process']:.1f} |")
         if args.json:
             Path(args.json).write_text(json.dumps(res, indent=1))
     finally:

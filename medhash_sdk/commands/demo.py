@@ -81,10 +81,11 @@ def run_demo(*, model: Any = None, out: str | os.PathLike[str] = "medhash-demo",
         for rank, (mid, d) in enumerate(row, start=1):
             print_fn(f"  {rank}. distance {d:>3}  {mid}  [{labels_text[mid]}]")
     # leave-one-out distances and relevance: row i without column i
-    d = hamming_distance_matrix(codes, codes)
+    dist_all = hamming_distance_matrix(codes, codes)
     rel = shared_labels(flags, flags)
     off = ~np.eye(n, dtype=bool)
-    mean_ap = map_at_k(d[off].reshape(n, n - 1), rel[off].reshape(n, n - 1), k=None) if n > 1 else float("nan")
+    mean_ap = (map_at_k(dist_all[off].reshape(n, n - 1), rel[off].reshape(n, n - 1), k=None) if n > 1
+               else float("nan"))
     print_fn(f"\nmAP over the {n} samples (leave-one-out, whole ranking; relevant = sharing a label): {mean_ap:.3f}")
     first = ids[0]
     sheet = contact_sheet(enc, sources[first][0], [Match(m, dist, sources[m][0], labels_text[m]) for m, dist in
@@ -92,6 +93,6 @@ def run_demo(*, model: Any = None, out: str | os.PathLike[str] = "medhash-demo",
                           out / "contact_sheet.png", query_name=first, query_labels=labels_text[first])
     print_fn(f"contact sheet of {first} and its matches: {sheet}")
     if summary.n_failed:
-        print_fn(f"{summary.n_failed} samples could not be read: see {summary.errors_path}", file=sys.stderr)
+        print(f"{summary.n_failed} samples could not be read: see {summary.errors_path}", file=sys.stderr)
     return {"map": mean_ap, "matches": matches, "index": os.fspath(index_path), "contact_sheet": os.fspath(sheet),
             "n_failed": summary.n_failed, "n": n}
