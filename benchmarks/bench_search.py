@@ -204,6 +204,62 @@ def target_lines(rows: list[dict]) -> list[str]:
     return out
 
 
+def summary_table(rows: list[dict]) -> list[dict]:
+    """One line per data set: the figures the README quotes (1 query as x floor, batches q/s)."""
+    def get(r0, engine, k, nq, thr):
+        for r in rows:
+            if (r["_engine"], r["_k"], r["_nq"], r["_thr"]) == (engine, k, nq, thr) and \
+                    (r["_kind"], r["_n"], r["_nbits"]) == (r0["_kind"], r0["_n"], r0["_nbits"]):
+                return r
+        return None
+
+    out = []
+    seen = set()
+    for r0 in rows:
+        key = (r0["_kind"], r0["_n"], r0["_nbits"])
+        if key in seen:
+            continue
+        seen.add(key)
+        line = {"data": r0["_kind"], "n": f"{r0['_n'] / 1e6:g}M", "bits": str(r0["_nbits"]),
+                "floor": f"{r0['_floor'] * 1e3:.2f}"}
+        for k in (10, 100, 1000):
+            ours, theirs = get(r0, "medhash", k, 1, 1), get(r0, "faiss", k, 1, 1)
+            if ours and theirs:
+                line[f"1q k={k}"] = f"{ours['_t'] / ours['_floor']:.2f} / {theirs['_t'] / theirs['_floor']:.2f}"
+        for thr in (1, 2):
+            ours = get(r0, "medhash", 100, 100, thr)
+            theirs = get(r0, "faiss", 100, 100, thr)
+            if ours and theirs:
+                line[f"b{thr}"] = f"{100 / ours['_t']:,.0f} / {100 / theirs['_t']:,.0f}"
+        ours = get(r0, "medhash", 100, 1, 2)
+        if ours:
+            line["1q t2"] = f"{ours['_t'] / ours['_floor']:.2f}"
+        out.append(line)
+    return out
+
+
+SUMMARY_COLUMNS = [("data", "data"), ("n", "codes"), ("bits", "bits"), ("floor", "floor ms"),
+                   ("1q k=10", "1 query k=10: x floor, ours / faiss"),
+                   ("1q k=100", "k=100"), ("1q k=1000", "k=1000"),
+                   ("1q t2", "1 query k=100, 2 threads: x floor"),
+                   ("b1", "100 queries k=100, 1 thread: q/s, ours / faiss"),
+                   ("b2", "2 threads: q/s, ours / faiss")]
+
+
+def rows_from_output(path: str) -> list[dict]:
+    """Rebuild the timing rows from a saved run's printed 'Exact search' table."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 11 or not cells[0] in ("uniform", "clustered"):
+            continue
+        data, n, bits, k, nq, thr, engine, ms, xf = cells[:9]
+        t = float(ms) / 1e3
+        rows.append({"_kind": data, "_n": int(float(n[:-1]) * 1e6), "_nbits": int(bits), "_k": int(k),
+                     "_nq": int(nq), "_thr": int(thr), "_engine": engine, "_t": t, "_floor": t / float(xf)})
+    return rows
+
+
 # ---------------------------------------------------------------- approximate section
 
 
@@ -214,16 +270,18 @@ def build_hnsw(kind: str, n: int, nbits: int, seed: int, cap_s: float, codes: np
     CACHE.mkdir(parents=True, exist_ok=True)
     stem = CACHE / f"hnsw_{kind}_{n}_{nbits}_{seed}_M16_ef128"
     path, meta_path = stem.with_suffix(".usearch"), stem.with_suffix(".json")
+    index, built, spent = None, 0, 0.0
     if path.exists() and meta_path.exists():
         meta = json.loads(meta_path.read_text())
-        if meta.get("complete") or meta.get("cap_s", 0) >= cap_s:
-            index = ApproximateHammingIndex.load(path)
-            if len(index) == meta["built"]:
-                return index, meta
-    index = ApproximateHammingIndex(nbits, connectivity=16, expansion_add=128)
-    t0 = time.perf_counter()
+        cached = ApproximateHammingIndex.load(path)
+        if len(cached) == meta["built"]:
+            if meta["complete"] or meta["build_s"] >= cap_s:
+                return cached, meta
+            index, built, spent = cached, meta["built"], meta["build_s"]  # resume a capped build
+    if index is None:
+        index = ApproximateHammingIndex(nbits, connectivity=16, expansion_add=128)
+    t0 = time.perf_counter() - spent
     chunk = 50_000
-    built = 0
     while built < n and time.perf_counter() - t0 < cap_s:
         m = min(chunk, n - built)
         index.add(codes[built:built + m], np.arange(built, built + m, dtype=np.int64), threads=0)
@@ -284,8 +342,10 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-usearch", action="store_true", help="skip usearch's exact search")
     p.add_argument("--no-hnsw", action="store_true", help="skip the approximate (HNSW) section")
+    p.add_argument("--only-hnsw", action="store_true", help="run only the approximate (HNSW) section")
     p.add_argument("--hnsw-cap", type=float, default=600.0, help="seconds allowed to build each HNSW index")
     p.add_argument("--hnsw-ef", default="32,64,128")
+    p.add_argument("--summarize", metavar="OUTPUT", help="only print the summary of a saved run's output")
     p.add_argument("--quick", action="store_true",
                    help="1M codes, k=10,100, a 60 s HNSW build cap: about 2 minutes once cached")
     a = p.parse_args(argv)
@@ -301,20 +361,30 @@ def parse_args(argv=None):
     return a
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    import faiss
-
-    print(f"medhash _hamming simd={_hamming.simd_level()}  faiss {faiss.__version__}  numpy {np.__version__}  "
-          f"cpu={platform.processor() or platform.machine()}  cores={len(os.sched_getaffinity(0))}")
-    rows, checks = bench_exact(args)
+def print_exact(rows: list[dict], checks: list[str]) -> None:
     print("\n## Exact search (time per call; 'x floor' = call time / one numpy read of the codes)\n")
     print_table(rows, [("data", "data"), ("n", "n"), ("bits", "bits"), ("k", "k"), ("nq", "queries"),
                        ("thr", "threads"), ("engine", "engine"), ("ms", "ms"), ("x floor", "x floor"),
                        ("q/s", "queries/s"), ("vs faiss", "vs faiss")])
+    print("\n## Summary (x floor = time / one numpy read of the codes; q/s = queries per second)\n")
+    print_table(summary_table(rows), SUMMARY_COLUMNS)
     print("\n## Targets\n")
     for line in target_lines(rows) + checks:
         print("- " + line)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.summarize:
+        print_table(summary_table(rows_from_output(args.summarize)), SUMMARY_COLUMNS)
+        return 0
+    import faiss
+
+    print(f"medhash _hamming simd={_hamming.simd_level()}  faiss {faiss.__version__}  numpy {np.__version__}  "
+          f"cpu={platform.processor() or platform.machine()}  cores={len(os.sched_getaffinity(0))}")
+    rows, checks = ([], []) if args.only_hnsw else bench_exact(args)
+    if rows:
+        print_exact(rows, checks)
     if not args.no_hnsw and 1_000_000 in args.sizes:
         hrows = bench_hnsw(args)
         print("\n## Approximate (usearch HNSW, M=16, efConstruction=128) vs exact, 1M x 64 bit, k=10\n")

@@ -59,7 +59,13 @@ int64_t check_int(const py::handle& obj, const char* what, int64_t minimum) {
     if (PyBool_Check(obj.ptr()) || !PyIndex_Check(obj.ptr()))
         throw py::type_error(std::string(what) + " must be an int, got " +
                              std::string(py::str(py::type::of(obj).attr("__name__"))));
-    const long long v = PyLong_AsLongLong(py::reinterpret_steal<py::object>(PyNumber_Index(obj.ptr())).ptr());
+    PyObject* index = PyNumber_Index(obj.ptr());  // NULL (error set) for e.g. numpy bools
+    if (index == nullptr) {
+        PyErr_Clear();
+        throw py::type_error(std::string(what) + " must be an int, got " +
+                             std::string(py::str(py::type::of(obj).attr("__name__"))));
+    }
+    const long long v = PyLong_AsLongLong(py::reinterpret_steal<py::object>(index).ptr());
     if (v == -1 && PyErr_Occurred()) {
         PyErr_Clear();
         throw py::value_error(std::string(what) + " is too large");

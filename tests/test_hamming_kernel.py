@@ -206,6 +206,8 @@ def test_readonly_and_memmap_codes(tmp_path):
         (lambda c, q: H.search(c, q, -3), ValueError, "k must be >= 1"),
         (lambda c, q: H.search(c, q, 2.0), TypeError, "k must be an int"),
         (lambda c, q: H.search(c, q, True), TypeError, "k must be an int"),
+        (lambda c, q: H.search(c, q, np.bool_(True)), TypeError, "k must be an int"),
+        (lambda c, q: H.search(c, q, None), TypeError, "k must be an int"),
         (lambda c, q: H.search(c, q, 2**70), ValueError, "too large"),
         (lambda c, q: H.search(c, q, 1, 0), ValueError, "threads must be >= 1"),
         (lambda c, q: H.search(c, q, 1, "2"), TypeError, "threads must be an int"),
