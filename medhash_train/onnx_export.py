@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import platform
 import tempfile
@@ -79,6 +80,8 @@ def export_onnx(model: AttentionHashNet, spec: Preprocessing, labels: list[str],
     x = torch.zeros(2, spec.channels, spec.input_size, spec.input_size)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    if not verbose:   # "torchvision is not installed. Skipping torchvision::roi_align" and the like
+        logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with sink, torch.no_grad():
         prog = torch.onnx.export(model, (x,), dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME],
                                  output_names=list(OUTPUT_NAMES), dynamic_shapes={"x": {0: batch}},
@@ -96,6 +99,9 @@ def export_onnx(model: AttentionHashNet, spec: Preprocessing, labels: list[str],
     os.close(fd)
     try:
         onnx.save_model(proto, tmp, save_as_external_data=False)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)     # mkstemp makes 0600; a model file is for everyone to read
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):

@@ -1,0 +1,73 @@
+"""`medhash train --data PATH --method attention --bits 64 --out DIR`: train, choose the epoch on
+the validation split, write DIR/checkpoint.pt, DIR/model.onnx and DIR/train_log.json."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+INSTALL_HINT = ("medhash {cmd} needs the training extra (torch): pip install torch==2.13.0 && "
+                "pip install 'medhash-sdk[train]'")
+
+
+def torch_missing(cmd: str) -> int:
+    print(INSTALL_HINT.format(cmd=cmd), file=sys.stderr)
+    return 2
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a hashing network and export it to ONNX (needs torch)",
+                       description="Train on the train split, choose the epoch on the validation split "
+                                   "(mAP@K), never look at the test split; write a checkpoint and the "
+                                   "exported ONNX model.")
+    p.add_argument("--data", required=True, nargs="+", metavar="PATH",
+                   help=".npz (MedMNIST or images+labels+patient_id), a CSV label table or a folder "
+                        "holding one; several are combined and deduplicated by image id")
+    p.add_argument("--method", default="attention",
+                   help="attention (the paper's), ablation-global, ablation-crop, dsh, dpsh, hashnet, dch, "
+                        "csq, dtsh, idhn, dfh, dpn, orthohash (default attention)")
+    p.add_argument("--bits", type=int, default=64, help="code length, a multiple of 8 (default 64)")
+    p.add_argument("--input-size", type=int, default=64, help="network input side in pixels (default 64)")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=1,
+                   help="1: colour images converted to gray (default); 3: kept as RGB")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--backbone", default="resnet18", help="resnet18, resnet34 or densenet121")
+    p.add_argument("--width", type=float, default=0.5, help="backbone width multiplier (default 0.5)")
+    p.add_argument("--backbone-weights", default=None, help="local state_dict file to start the backbone from")
+    p.add_argument("--warmup-epochs", type=int, default=-1,
+                   help="epochs on the classification/hash losses before the crop is used (default epochs//4)")
+    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the patient split (recorded in the model)")
+    p.add_argument("--split-fractions", type=_fractions, default=(0.7, 0.1, 0.2), metavar="TRAIN,VAL,TEST",
+                   help="patient split fractions when the data has no given split (default 0.7,0.1,0.2)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=run)
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    try:
+        f = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three numbers like 0.7,0.1,0.2, got {text!r}") from None
+    if len(f) != 3 or min(f) < 0 or abs(sum(f) - 1) > 1e-6:
+        raise argparse.ArgumentTypeError(f"expected three non-negative fractions summing to 1, got {text!r}")
+    return f  # type: ignore[return-value]
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        from medhash_train.pipeline import train_and_export
+        from medhash_train.trainer import TrainConfig
+    except ImportError as e:
+        if "torch" in str(e):
+            return torch_missing("train")
+        raise
+    cfg = TrainConfig(method=args.method, nbits=args.bits, input_size=args.input_size, channels=args.channels,
+                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, backbone=args.backbone,
+                      width=args.width, warmup_epochs=args.warmup_epochs, seed=args.seed, device=args.device,
+                      backbone_weights=args.backbone_weights, progress=not args.no_progress)
+    train_and_export(cfg, args.data, args.out, split_seed=args.split_seed, fractions=args.split_fractions)
+    return 0

@@ -1,0 +1,70 @@
+"""What `medhash train` / `medhash eval` do, as functions the benchmark calls too (one code path)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict
+from typing import Any, Callable, Sequence
+
+from .data import check_split, load_dataset
+from .evaluate import evaluate_model_file
+from .onnx_export import export_onnx
+from .trainer import TrainConfig, checkpoint_dict, save_checkpoint, train
+
+CHECKPOINT_NAME = "checkpoint.pt"
+MODEL_NAME = "model.onnx"
+LOG_NAME = "train_log.json"
+
+
+def train_and_export(cfg: TrainConfig, data: Sequence[str], out_dir: str, split_seed: int = 0,
+                     fractions: Sequence[float] = (0.7, 0.1, 0.2),
+                     log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train on data's train split (epoch chosen on val), write checkpoint, ONNX model and log."""
+    log = log or (lambda s: print(s, file=sys.stderr))
+    ds = load_dataset(list(data), split_seed=split_seed, fractions=fractions)
+    c = ds.info["split"]["counts"]
+    log(f"data: {len(ds)} images, {len(ds.label_names)} labels; split {ds.info['split']['rule']}: "
+        f"train {c['train']}, val {c['val']}, test {c['test']} (test not used for training or selection)")
+    result = train(cfg, ds, log=log)
+    os.makedirs(out_dir, exist_ok=True)
+    ck = checkpoint_dict(result, cfg, ds)
+    ck_path = os.path.join(out_dir, CHECKPOINT_NAME)
+    save_checkpoint(ck_path, ck)
+    model_path = os.path.join(out_dir, MODEL_NAME)
+    card = export_onnx(result.model, result.preprocessing, result.labels, cfg.method, model_path,
+                       training=ck["training"])
+    summary = {"checkpoint": ck_path, "model": model_path, "fingerprint": card.fingerprint,
+               "chosen_epoch": result.best_epoch, "val": result.best_val, "seconds": result.seconds,
+               "config": asdict(cfg), "history": result.history, "split": ds.info["split"]}
+    with open(os.path.join(out_dir, LOG_NAME), "w") as f:
+        json.dump(summary, f, indent=2, default=str)
+    log(f"wrote {ck_path} and {model_path} (fingerprint {card.fingerprint[:16]})")
+    return summary
+
+
+def evaluate_file(model_path: str, data: Sequence[str], split: str = "test", k: int = 100,
+                  seeds: Sequence[int | None] = (0, 1, 2), batch_size: int = 64) -> dict[str, Any]:
+    """Figures of an exported model: `split` queries vs the other splits, split as recorded in the model."""
+    from medhash_sdk.model_card import ModelCard
+
+    import onnx
+
+    if not os.path.exists(model_path):
+        from medhash_sdk.exceptions import ModelFileError
+
+        raise ModelFileError(f"{model_path}: no such model file")
+    proto = onnx.load(model_path, load_external_data=False)
+    card = ModelCard.from_metadata({p.key: p.value for p in proto.metadata_props}, source=model_path)
+    rule = card.training.get("split", {})
+    seed = int(rule.get("seed", 0))
+    fractions = rule.get("fractions", (0.7, 0.1, 0.2))
+    ds = load_dataset(list(data), split_seed=seed, fractions=fractions)
+    if ds.label_names != card.labels:
+        raise ValueError(f"the data's labels {ds.label_names} are not the model's {card.labels}")
+    warnings = check_split(ds, rule)
+    fig = evaluate_model_file(model_path, ds, split=split, k=k, seeds=seeds, batch_size=batch_size)
+    return {"model": model_path, "fingerprint": card.fingerprint, "method": card.method, "nbits": card.nbits,
+            "split": split, "k": k, "tie_seeds": list(seeds), "data_fingerprint": ds.info["fingerprint"],
+            "same_data_as_training": ds.info["fingerprint"] == card.training.get("data_fingerprint"),
+            "warnings": warnings, **fig}
