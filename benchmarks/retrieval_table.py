@@ -1,0 +1,347 @@
+"""Retrieval table: every method and the paper net's ablations, seeds, mean and 95% interval.
+
+Data (default): NIH ChestX-ray14 from ../shared/data, nih1000_64 + nih_extra_128 combined at
+one input size, deduplicated by image index, split by patient (seeded 70/10/20, split seed 0
+for every run: the seeds vary the training only). Queries: the test patients; database: the
+train + val images. Every method gets the same backbone, budget and augmentation; the epoch is
+chosen on the validation split (val queries vs train); the test split is looked at once, after
+training. Data loading (medhash_train.data), the training loop (medhash_train.trainer) and the
+figures (medhash_train.evaluate -> medhash_sdk.metrics, numpy) are those of `medhash train` /
+`medhash eval`; only the encoding differs (torch here, the exported ONNX model in `medhash
+eval`: tests/test_export_parity.py holds the two to >= 99.9% equal bits).
+
+Rows besides the hashing methods: "<method> float" = the same network's real-valued codes u
+ranked by cosine (a float-embedding kNN upper bound for its binary codes); "raw pixels
+32x32 cosine" = the image itself, downsized to 32 x 32, ranked by cosine; "random" = a
+random ranking.
+
+Each finished run is cached as JSON under benchmarks/results/<tag>/ (tag = dataset + budget),
+so an interrupted grid resumes where it stopped. Budgets:
+  --device cpu   (2-core machine): width 0.25, 8 epochs            ~10-25 s a run
+  --device cuda  (one H100): width 0.5, 40 epochs, 6 worker processes, the full grid in < 10 min
+Examples:
+  PYTHONPATH=. python benchmarks/retrieval_table.py --device cuda --default-model-out default.onnx
+  PYTHONPATH=. python benchmarks/retrieval_table.py --device cpu --methods attention dpsh --bits 32 --seeds 0
+  PYTHONPATH=. python benchmarks/retrieval_table.py --dataset pneumoniamnist --bits 16 48
+Needs torch, numpy, opencv; not the compiled search engine (metrics are numpy). Exporting the
+default model needs onnx + onnxscript; without them the checkpoint is kept and the
+`medhash export` command to run elsewhere is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+DATA_DIR = os.path.join(ROOT, "..", "shared", "data")
+DATASETS = {
+    "nih": ["nih1000_64.npz", "nih_extra_128.npz"],
+    "pneumoniamnist": ["pneumoniamnist.npz"],
+}
+INPUT_SIZE = {"nih": 64, "pneumoniamnist": 28}
+METHODS = ["attention", "ablation-global", "ablation-crop", "dsh", "dpsh", "hashnet", "dch", "csq", "dtsh",
+           "idhn", "dfh", "dpn", "orthohash"]
+ABLATION_NAMES = {"ablation-global": "global only (pair loss, no crop)",
+                  "ablation-crop": "+ attention crop (unweighted)",
+                  "attention": "+ pair weighting = paper method"}
+BUDGETS = {
+    "cpu": dict(width=0.25, epochs=8, batch_size=64, lr=1e-3, workers=1),
+    "cuda": dict(width=0.5, epochs=40, batch_size=64, lr=1e-3, workers=6),
+}
+T975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}
+
+
+# ----------------------------------------------------------------------------- one run
+_CACHE: dict[str, Any] = {}
+
+
+def _dataset(name: str, input_size: int):
+    key = f"{name}:{input_size}"
+    if key not in _CACHE:
+        from medhash_sdk.preprocessing import Preprocessing
+        from medhash_train.data import load_dataset, to_network_input
+
+        ds = load_dataset([os.path.join(DATA_DIR, f) for f in DATASETS[name]], split_seed=0)
+        _CACHE[key] = (ds, to_network_input(ds, Preprocessing(input_size)))
+    return _CACHE[key]
+
+
+def run_one(job: dict[str, Any]) -> dict[str, Any]:
+    """Train one (method, bits, seed), evaluate on the test split, write the JSON cache."""
+    import torch
+
+    from medhash_train.evaluate import evaluate_codes, float_figures, split_query_db, torch_outputs
+    from medhash_train.trainer import TrainConfig, train
+    from medhash_sdk.codes import pack_codes
+
+    if job["device"] == "cpu" and job.get("threads"):
+        torch.set_num_threads(job["threads"])
+    ds, x_all = _dataset(job["dataset"], job["input_size"])
+    cfg = TrainConfig(method=job["method"], nbits=job["bits"], input_size=job["input_size"], epochs=job["epochs"],
+                      batch_size=job["batch_size"], lr=job["lr"], width=job["width"], seed=job["seed"],
+                      device=job["device"], progress=False)
+    res = train(cfg, ds, log=lambda s: None, x_all=x_all)
+    u, _ = torch_outputs(res.model, torch.from_numpy(x_all))
+    codes = pack_codes(u)
+    test = evaluate_codes(codes, ds, "test")
+    q, db = split_query_db(ds.split, "test")
+    flt = float_figures(u[q], u[db], ds.labels[q], ds.labels[db])
+    out = {"job": job, "test": test, "float": flt, "val": res.best_val, "chosen_epoch": res.best_epoch,
+           "seconds": res.seconds, "history": res.history, "split": ds.info["split"],
+           "data_fingerprint": ds.info["fingerprint"], "torch": torch.__version__}
+    tmp = job["path"] + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(out, f, indent=1, default=float)
+    os.replace(tmp, job["path"])
+    return out
+
+
+def _worker(args: tuple[dict[str, Any], int]) -> tuple[str, float, str]:
+    job, _ = args
+    t = time.time()
+    try:
+        run_one(job)
+        return job["path"], time.time() - t, ""
+    except Exception as e:  # a failed run is reported and left uncached, so a rerun retries it
+        return job["path"], time.time() - t, f"{type(e).__name__}: {e}"
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------- baselines
+def fixed_rows(dataset: str) -> dict[str, dict[str, float]]:
+    from medhash_sdk.preprocessing import Preprocessing
+    from medhash_train.data import load_dataset, to_network_input
+    from medhash_train.evaluate import float_figures, split_query_db
+
+    ds = load_dataset([os.path.join(DATA_DIR, f) for f in DATASETS[dataset]], split_seed=0)
+    q, db = split_query_db(ds.split, "test")
+    spec = Preprocessing(32)
+    raw = to_network_input(ds, spec).reshape(len(ds), -1) * spec.std[0] + spec.mean[0]   # back to [0, 1] pixels
+    rng = np.random.default_rng(0)
+    rnd = rng.normal(size=(len(ds), 16))
+    return {"raw pixels 32x32 cosine": float_figures(raw[q], raw[db], ds.labels[q], ds.labels[db]),
+            "random ranking": float_figures(rnd[q], rnd[db], ds.labels[q], ds.labels[db], seeds=range(10))}
+
+
+# ----------------------------------------------------------------------------- table
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) < 2:
+        return float(v.mean()), float("nan")
+    return float(v.mean()), float(T975.get(len(v), 1.96) * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+def _fmt(values: list[float]) -> str:
+    if not values:
+        return "-"
+    m, h = mean_ci(values)
+    return f"{m:.4f}" if math.isnan(h) else f"{m:.4f} ± {h:.4f}"
+
+
+def build_table(results: list[dict[str, Any]], fixed: dict[str, dict[str, float]], bits: list[int],
+                methods: list[str], k: int = 100) -> str:
+    by: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in results:
+        by.setdefault((r["job"]["method"], r["job"]["bits"]), []).append(r)
+    head = "| method | " + " | ".join(f"mAP@{k} {b}b | NDCG@{k} {b}b" for b in bits) + " | seeds |"
+    lines = [head, "|" + "---|" * (2 + 2 * len(bits))]
+    for m in methods:
+        cells, nseeds = [], 0
+        for b in bits:
+            rs = by.get((m, b), [])
+            nseeds = max(nseeds, len(rs))
+            cells += [_fmt([r["test"][f"map@{k}"] for r in rs]), _fmt([r["test"][f"ndcg@{k}"] for r in rs])]
+        name = f"{m} ({ABLATION_NAMES[m]})" if m in ABLATION_NAMES else m
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {nseeds} |")
+    for m in ("attention", "dpsh"):
+        if any((m, b) in by for b in bits):
+            cells = []
+            for b in bits:
+                rs = by.get((m, b), [])
+                cells += [_fmt([r["float"][f"map@{k}"] for r in rs]), _fmt([r["float"][f"ndcg@{k}"] for r in rs])]
+            lines.append(f"| {m} float u, cosine kNN (upper bound) | " + " | ".join(cells) + " | |")
+    for name, fig in fixed.items():
+        cells = [f"{fig[f'map@{k}']:.4f}", f"{fig[f'ndcg@{k}']:.4f}"] * len(bits)
+        lines.append(f"| {name} | " + " | ".join(cells) + " | - |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- default model
+def default_model(out: str, dataset: str, budget: dict[str, Any], device: str, input_size: int) -> dict[str, Any]:
+    """Train the shipped model through `medhash train`'s code path, export it, evaluate the ONNX file."""
+    import torch
+
+    from medhash_train.pipeline import CHECKPOINT_NAME, train_and_export
+    from medhash_train.trainer import TrainConfig
+
+    work = os.path.splitext(out)[0] + "_run"
+    cfg = TrainConfig(method="attention", nbits=64, input_size=input_size, epochs=budget["epochs"],
+                      batch_size=budget["batch_size"], lr=budget["lr"], width=budget["width"], seed=0,
+                      device=device, progress=False)
+    data = [os.path.join(DATA_DIR, f) for f in DATASETS[dataset]]
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        from medhash_train.trainer import checkpoint_dict, save_checkpoint, train
+        from medhash_train.data import load_dataset
+
+        ds = load_dataset(data, split_seed=0)
+        res = train(cfg, ds)
+        os.makedirs(work, exist_ok=True)
+        save_checkpoint(os.path.join(work, CHECKPOINT_NAME), checkpoint_dict(res, cfg, ds))
+        print(f"onnx/onnxscript missing here: checkpoint kept at {work}/{CHECKPOINT_NAME}; export it with\n"
+              f"  medhash export {work}/{CHECKPOINT_NAME} --out {out}", file=sys.stderr)
+        return {"checkpoint": os.path.join(work, CHECKPOINT_NAME), "exported": False}
+    summary = train_and_export(cfg, data, work)
+    return finish_default_model(summary["checkpoint"], out, data)
+
+
+def finish_default_model(checkpoint: str, out: str, data: list[str]) -> dict[str, Any]:
+    """Evaluate the exported model on the test split (ONNX through the runtime), record the
+    figures in its card, re-export to `out`, and measure code stability across resolutions."""
+    import torch
+
+    from medhash_train.onnx_export import export_checkpoint
+    from medhash_train.pipeline import evaluate_file
+
+    tmp = os.path.splitext(out)[0] + "_noeval.onnx"
+    export_checkpoint(checkpoint, tmp)
+    fig = evaluate_file(tmp, data, split="test", k=100)
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    ck["metrics"] = {"test": {k: v for k, v in fig.items() if k.startswith(("map", "ndcg", "precision", "queries", "database"))},
+                     "note": "test patients never seen in training or epoch selection"}
+    torch.save(ck, checkpoint)
+    card = export_checkpoint(checkpoint, out)
+    os.unlink(tmp)
+    stab = resolution_stability(out)
+    res = {"model": out, "fingerprint": card.fingerprint, "test": ck["metrics"]["test"], "stability": stab,
+           "chosen_epoch": ck["training"]["chosen_epoch"]}
+    with open(os.path.splitext(out)[0] + "_eval.json", "w") as f:
+        json.dump(res, f, indent=1)
+    return res
+
+
+def resolution_stability(model_path: str) -> dict[str, Any]:
+    """Bit agreement of one image's codes from the 1024 px file and a 256 px copy (48 NIH PNGs)."""
+    import cv2
+
+    from medhash_train.evaluate import encode_with_model_file
+
+    folder = os.path.join(DATA_DIR, "nih_png_1024")
+    files = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".png"))
+    full = [cv2.imread(f, cv2.IMREAD_UNCHANGED) for f in files]
+    small = [cv2.resize(a, (256, 256), interpolation=cv2.INTER_AREA) for a in full]
+    c1 = encode_with_model_file(model_path, full)
+    c2 = encode_with_model_file(model_path, small)
+    agree = (np.unpackbits(c1, 1) == np.unpackbits(c2, 1)).mean(1)
+    return {"images": len(files), "mean_bit_agreement": float(agree.mean()), "min_bit_agreement": float(agree.min())}
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="nih")
+    p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    p.add_argument("--bits", nargs="+", type=int, default=[32, 64])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=None, help="override the budget's epochs")
+    p.add_argument("--width", type=float, default=None, help="override the budget's backbone width")
+    p.add_argument("--workers", type=int, default=None, help="parallel training processes (GPU: several share it)")
+    p.add_argument("--results", default=os.path.join(ROOT, "benchmarks", "results"))
+    p.add_argument("--default-model-out", default=None, metavar="PATH.onnx",
+                   help="also train the default model (attention, 64 bits, seed 0, this budget), export and evaluate it")
+    p.add_argument("--no-grid", action="store_true", help="skip the grid (with --default-model-out)")
+    a = p.parse_args(argv)
+
+    budget = dict(BUDGETS[a.device])
+    if a.epochs:
+        budget["epochs"] = a.epochs
+    if a.width:
+        budget["width"] = a.width
+    if a.workers:
+        budget["workers"] = a.workers
+    input_size = INPUT_SIZE[a.dataset]
+    tag = f"{a.dataset}-{input_size}px-w{budget['width']:g}-e{budget['epochs']}-b{budget['batch_size']}-lr{budget['lr']:g}"
+    outdir = os.path.join(a.results, tag)
+    os.makedirs(outdir, exist_ok=True)
+    t0 = time.time()
+    cpus = os.cpu_count() or 1
+    workers = max(1, int(budget["workers"]))
+    threads = max(1, cpus // workers)
+    jobs = []
+    for m in a.methods:
+        for b in a.bits:
+            for s in a.seeds:
+                path = os.path.join(outdir, f"{m}_{b}b_s{s}.json")
+                job = dict(method=m, bits=b, seed=s, dataset=a.dataset, input_size=input_size, device=a.device,
+                           threads=threads, path=path, **{k: budget[k] for k in ("width", "epochs", "batch_size", "lr")})
+                if os.path.exists(path):
+                    try:
+                        with open(path) as f:
+                            if json.load(f)["job"]["epochs"] == job["epochs"]:
+                                continue
+                    except (OSError, ValueError, KeyError):
+                        pass
+                jobs.append(job)
+    print(f"{tag}: {len(jobs)} runs to do, cached in {outdir} ({workers} workers x {threads} threads)", file=sys.stderr)
+    if jobs and not a.no_grid:
+        if workers == 1:
+            _init_worker(threads)
+            done = map(_worker, [(j, i) for i, j in enumerate(jobs)])
+            for i, (path, sec, err) in enumerate(done):
+                print(f"[{i + 1}/{len(jobs)}] {os.path.basename(path)} {sec:.1f}s {err}", file=sys.stderr, flush=True)
+        else:
+            ctx = mp.get_context("spawn")
+            with ctx.Pool(workers, initializer=_init_worker, initargs=(threads,)) as pool:
+                for i, (path, sec, err) in enumerate(pool.imap_unordered(_worker, [(j, i) for i, j in enumerate(jobs)])):
+                    print(f"[{i + 1}/{len(jobs)}] {os.path.basename(path)} {sec:.1f}s {err} "
+                          f"(elapsed {time.time() - t0:.0f}s)", file=sys.stderr, flush=True)
+    results = []
+    for f in sorted(os.listdir(outdir)):
+        if f.endswith(".json") and f != "fixed.json":
+            with open(os.path.join(outdir, f)) as fh:
+                r = json.load(fh)
+            if r["job"]["bits"] in a.bits and r["job"]["method"] in a.methods and r["job"]["seed"] in a.seeds:
+                results.append(r)
+    fixed_path = os.path.join(outdir, "fixed.json")
+    if os.path.exists(fixed_path):
+        with open(fixed_path) as fh:
+            fixed = json.load(fh)
+    else:
+        fixed = fixed_rows(a.dataset)
+        with open(fixed_path, "w") as fh:
+            json.dump(fixed, fh, indent=1)
+    table = build_table(results, fixed, a.bits, a.methods)
+    secs = [r["seconds"] for r in results]
+    note = (f"\n\n{a.dataset}, {input_size} px, resnet18 width {budget['width']:g}, {budget['epochs']} epochs, batch "
+            f"{budget['batch_size']}, lr {budget['lr']:g}, device {a.device}; test queries vs train+val database; "
+            f"mean ± 95% t-interval over seeds; {len(results)} runs, mean {np.mean(secs) if secs else 0:.1f} s a run.")
+    with open(os.path.join(outdir, f"table_{'_'.join(map(str, a.bits))}.md"), "w") as fh:
+        fh.write(table + note + "\n")
+    print(table + note)
+    if a.default_model_out:
+        res = default_model(a.default_model_out, a.dataset, budget, a.device, input_size)
+        print(json.dumps(res, indent=1))
+    print(f"total {time.time() - t0:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
