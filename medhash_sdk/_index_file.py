@@ -34,13 +34,13 @@ import io
 import mmap
 import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ._atomic import atomic_open
 from .exceptions import IndexFileError
 
 MAGIC = b"MHINDEX\x00"
@@ -350,55 +350,25 @@ def write(path: str | os.PathLike, *, nbits: int, id_type: str, next_id: int, fi
     draft = _pack_header(h)
     digest = hashlib.blake2b(_zeroed(draft), digest_size=16)
 
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        try:
-            mode = os.stat(path).st_mode & 0o777
-        except FileNotFoundError:
-            mode = 0o644
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(draft)
-            pos = HEADER_SIZE
-            for name in SECTIONS:
-                off, sz = sections[name]
-                if not sz:
-                    continue
-                pad = bytes(off - pos)
-                item = payload[name]
-                if isinstance(item, np.ndarray):
-                    item = np.ascontiguousarray(item, dtype=item.dtype.newbyteorder("<"))
-                data = memoryview(item).cast("B")
-                f.write(pad)
-                f.write(data)
-                digest.update(pad)
-                digest.update(data)
-                pos = off + sz
-            h.checksum = digest.digest()
-            f.seek(0)
-            f.write(_pack_header(h))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
+    with atomic_open(path) as f:
+        f.write(draft)
+        pos = HEADER_SIZE
+        for name in SECTIONS:
+            off, sz = sections[name]
+            if not sz:
+                continue
+            pad = bytes(off - pos)
+            item = payload[name]
+            if isinstance(item, np.ndarray):
+                item = np.ascontiguousarray(item, dtype=item.dtype.newbyteorder("<"))
+            data = memoryview(item).cast("B")
+            f.write(pad)
+            f.write(data)
+            digest.update(pad)
+            digest.update(data)
+            pos = off + sz
+        h.checksum = digest.digest()
+        f.seek(0)
+        f.write(_pack_header(h))
 
 
-def _fsync_dir(directory: str) -> None:
-    try:
-        dfd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass  # some filesystems refuse fsync on directories
-    finally:
-        os.close(dfd)

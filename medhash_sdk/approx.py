@@ -11,12 +11,11 @@ rows here are the caller's non-negative int64 keys (e.g. the exact Index's row n
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medhash_sdk._atomic import atomic_path
 from medhash_sdk.codes import check_nbits
 from medhash_sdk.exceptions import IndexFileError
 
@@ -144,18 +143,8 @@ class ApproximateHammingIndex:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the graph and codes to path (a temporary file, fsynced, then renamed)."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             self._index.save(tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, view: bool = False) -> "ApproximateHammingIndex":

@@ -42,7 +42,6 @@ import json
 import multiprocessing
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -50,6 +49,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from . import __version__
+from ._atomic import atomic_open, atomic_write
 from ._system import available_cpus
 from .exceptions import MedhashError, ModelMismatchError
 from .inputs import Inputs, Item, discover
@@ -62,47 +62,6 @@ DEFAULT_SHARD_SIZE = 8192
 
 class ShardDirError(MedhashError):
     """An output directory holds another job's shards, or a damaged manifest."""
-
-
-# --------------------------------------------------------------------------- atomic files
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_open(path: str, mode: str = "wb", **kwargs: Any) -> Iterator[Any]:
-    """Open a temporary file beside path; on success fsync it and rename it over path."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, mode, **kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(folder)
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Write data to path through a temporary file in the same folder, fsync, rename."""
-    with atomic_open(path) as f:
-        f.write(data)
 
 
 def _write_json(path: str, obj: Any) -> None:

@@ -23,13 +23,13 @@ import importlib
 import json
 import os
 import struct
-import tempfile
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._atomic import atomic_open
 from ..exceptions import ModelFileError
 from ..model_card import INPUT_NAME, OUTPUT_NAMES, ModelCard
 from . import ENGINE_MAGIC
@@ -48,19 +48,9 @@ def write_engine_file(path: str | os.PathLike[str], header: dict[str, Any], plan
     """Header + plan, written atomically (temporary file, fsync, rename)."""
     out = Path(path)
     blob = json.dumps(header, sort_keys=True).encode()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.name, suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(ENGINE_MAGIC + struct.pack("<IQ", HEADER_VERSION, len(blob)) + blob)
-            f.write(plan)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(out) as f:
+        f.write(ENGINE_MAGIC + struct.pack("<IQ", HEADER_VERSION, len(blob)) + blob)
+        f.write(plan)
     return out
 
 
