@@ -43,7 +43,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-DATA_DIR = os.path.join(ROOT, "..", "shared", "data")
+DATA_DIR = os.environ.get("MEDHASH_DATA", os.path.join(ROOT, "..", "shared", "data"))
 DATASETS = {
     "nih": ["nih1000_64.npz", "nih_extra_128.npz"],
     "pneumoniamnist": ["pneumoniamnist.npz"],
@@ -56,7 +56,7 @@ ABLATION_NAMES = {"ablation-global": "global only (pair loss, no crop)",
                   "attention": "+ pair weighting = paper method"}
 BUDGETS = {
     "cpu": dict(width=0.25, epochs=8, batch_size=64, lr=1e-3, workers=1),
-    "cuda": dict(width=0.5, epochs=40, batch_size=64, lr=1e-3, workers=6),
+    "cuda": dict(width=0.5, epochs=30, batch_size=64, lr=1e-3, workers=8),
 }
 T975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}
 
@@ -89,7 +89,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     ds, x_all = _dataset(job["dataset"], job["input_size"])
     cfg = TrainConfig(method=job["method"], nbits=job["bits"], input_size=job["input_size"], epochs=job["epochs"],
                       batch_size=job["batch_size"], lr=job["lr"], width=job["width"], seed=job["seed"],
-                      device=job["device"], progress=False)
+                      device=job["device"], progress=False, loss_args=job.get("loss_args", {}), mu=job.get("mu", -1.0))
     res = train(cfg, ds, log=lambda s: None, x_all=x_all)
     u, _ = torch_outputs(res.model, torch.from_numpy(x_all))
     codes = pack_codes(u)
@@ -268,7 +268,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--default-model-out", default=None, metavar="PATH.onnx",
                    help="also train the default model (attention, 64 bits, seed 0, this budget), export and evaluate it")
     p.add_argument("--no-grid", action="store_true", help="skip the grid (with --default-model-out)")
+    p.add_argument("--loss-args", type=json.loads, default={}, metavar="JSON",
+                   help='override loss constants for every method in the grid, e.g. \'{"alpha": 0.5}\' (tag records it)')
+    p.add_argument("--mu", type=float, default=-1.0, help="classification loss weight (default: the method's)")
+    p.add_argument("--data-dir", default=None, help="folder with the .npz files (default ../shared/data or $MEDHASH_DATA)")
     a = p.parse_args(argv)
+    if a.data_dir:
+        global DATA_DIR
+        DATA_DIR = os.path.abspath(a.data_dir)
+        os.environ["MEDHASH_DATA"] = DATA_DIR     # spawned workers read it at import
 
     budget = dict(BUDGETS[a.device])
     if a.epochs:
@@ -279,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
         budget["workers"] = a.workers
     input_size = INPUT_SIZE[a.dataset]
     tag = f"{a.dataset}-{input_size}px-w{budget['width']:g}-e{budget['epochs']}-b{budget['batch_size']}-lr{budget['lr']:g}"
+    if a.loss_args:
+        tag += "-" + "-".join(f"{k}{v:g}" for k, v in sorted(a.loss_args.items()))
+    if a.mu >= 0:
+        tag += f"-mu{a.mu:g}"
     outdir = os.path.join(a.results, tag)
     os.makedirs(outdir, exist_ok=True)
     t0 = time.time()
@@ -291,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
             for s in a.seeds:
                 path = os.path.join(outdir, f"{m}_{b}b_s{s}.json")
                 job = dict(method=m, bits=b, seed=s, dataset=a.dataset, input_size=input_size, device=a.device,
-                           threads=threads, path=path, **{k: budget[k] for k in ("width", "epochs", "batch_size", "lr")})
+                           threads=threads, path=path, loss_args=a.loss_args, mu=a.mu,
+                           **{k: budget[k] for k in ("width", "epochs", "batch_size", "lr")})
                 if os.path.exists(path):
                     try:
                         with open(path) as f:

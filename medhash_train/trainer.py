@@ -52,6 +52,8 @@ class TrainConfig:
     val_k: int = 100
     backbone_weights: str | None = None
     progress: bool = True
+    loss_args: dict[str, float] = field(default_factory=dict)   # overrides of the loss's constants
+    mu: float = -1.0                 # classification loss weight; -1: the method's default
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -147,8 +149,8 @@ def train(cfg: TrainConfig, ds: ImageSet, log: Callable[[str], None] | None = No
 
     net_cfg = net_config_for(cfg, len(ds.label_names))
     model = build_model(net_cfg, cfg.backbone_weights).to(dev).to(memory_format=cl)
-    loss_fn = make_loss(cfg.method, cfg.nbits, len(ds.label_names)).to(dev)
-    mu = float(METHODS[cfg.method].get("mu", 1.0))
+    loss_fn = make_loss(cfg.method, cfg.nbits, len(ds.label_names), **cfg.loss_args).to(dev)
+    mu = float(METHODS[cfg.method].get("mu", 1.0)) if cfg.mu < 0 else float(cfg.mu)
     pos_weight = _cls_pos_weight(ds.labels[tr]).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = len(tr) // cfg.batch_size
