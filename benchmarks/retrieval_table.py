@@ -58,6 +58,8 @@ BUDGETS = {
     "cpu": dict(width=0.25, epochs=8, batch_size=64, lr=1e-3, workers=1),
     "cuda": dict(width=0.5, epochs=30, batch_size=64, lr=1e-3, workers=8),
 }
+_SAME = ("method", "bits", "seed", "dataset", "input_size", "device", "width", "epochs", "batch_size", "lr",
+         "loss_args", "mu")
 T975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}
 
 
@@ -305,11 +307,12 @@ def main(argv: list[str] | None = None) -> int:
                 job = dict(method=m, bits=b, seed=s, dataset=a.dataset, input_size=input_size, device=a.device,
                            threads=threads, path=path, loss_args=a.loss_args, mu=a.mu,
                            **{k: budget[k] for k in ("width", "epochs", "batch_size", "lr")})
-                if os.path.exists(path):
+                if os.path.exists(path):   # resume: a cached run counts when its settings match
                     try:
                         with open(path) as f:
-                            if json.load(f)["job"]["epochs"] == job["epochs"]:
-                                continue
+                            old = json.load(f)["job"]
+                        if all(old.get(k) == job[k] for k in _SAME):
+                            continue
                     except (OSError, ValueError, KeyError):
                         pass
                 jobs.append(job)
