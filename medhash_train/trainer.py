@@ -223,7 +223,7 @@ def checkpoint_dict(result: TrainResult, cfg: TrainConfig, ds: ImageSet) -> dict
     """Everything `medhash export` needs, as plain types + tensors (torch.load(weights_only=True))."""
     training = {
         "data_fingerprint": ds.info.get("fingerprint", ""),
-        "data_sources": [str(s) for s in ds.info.get("sources", [])],
+        "data_sources": [os.path.basename(str(s)) for s in ds.info.get("sources", [])],  # names only: no local paths in a shipped model
         "split": ds.info.get("split", {}),
         "seed": cfg.seed,
         "epochs": cfg.epochs,
