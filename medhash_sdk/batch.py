@@ -573,11 +573,11 @@ def build_index(dirs: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
                 if not ids:
                     continue
                 shard = _index_cls().load(sd.shard_path(i, "idx"), fingerprint=fp)
-                if list(shard.ids) != ids:
+                if shard.ids.tolist() != ids:
                     raise ShardDirError(f"{sd.shard_path(i, 'idx')}: ids differ from its sidecar; "
                                         "delete both shard files and rerun the encode command")
                 try:
-                    index.add(shard.get_codes(ids), ids=ids)
+                    index.add(shard.codes, ids=ids)
                 except ValueError as e:  # an id of this shard is already in (from another directory)
                     raise ShardDirError(f"{sd.path}: {e}; ids must be unique across the directories of "
                                         "one index") from e

@@ -142,6 +142,12 @@ class Index:
                 return np.empty(0, dtype=np.int64)
             return self._ids.all()
 
+    @property
+    def codes(self) -> np.ndarray:
+        """All codes in row (insertion) order, uint8 (n, nbits // 8): a copy, aligned with `ids`."""
+        with self._lock.read():
+            return self._codes.data[: self._codes.n].copy()
+
     def __len__(self) -> int:
         return self._codes.n
 

@@ -479,3 +479,14 @@ def test_large_lookups_find_every_id(kind):
     assert np.array_equal(rows, want)
     assert idx.remove(ids[perm[:2500]]) == 2500
     assert list(idx.ids) == list(ids[np.sort(perm[2500:])])
+
+
+def test_codes_property_follows_row_order_through_remove():
+    rng = np.random.default_rng(5)
+    codes = rng.integers(0, 256, (6, 8), dtype=np.uint8)
+    idx = Index(nbits=64)
+    idx.add(codes, ids=np.array([50, 10, 40, 20, 30, 60]))
+    idx.remove([40, 60])
+    assert idx.ids.tolist() == [50, 10, 20, 30]
+    np.testing.assert_array_equal(idx.codes, codes[[0, 1, 3, 4]])
+    assert Index(nbits=64).codes.shape == (0, 8)

@@ -61,8 +61,8 @@ def run_demo(*, model: Any = None, out: str | os.PathLike[str] = "medhash-demo",
     index_path = out / "samples.idx"
     n, _ = build_index([out / f"shards-{enc.fingerprint[:12]}"], index_path, fingerprint=enc.fingerprint)
     index = Index.load(index_path, fingerprint=enc.fingerprint)
-    ids = [str(x) for x in index.ids]
-    codes = index.get_codes(ids)
+    ids = [str(x) for x in index.ids]   # build_index keeps encode's ids: relative paths (str)
+    codes = index.codes
     columns, sources = read_sources(index_path)
     labels_text = {i: describe_labels(columns, sources[i][1]) for i in ids}
     flags = np.array([[v.strip() in ("1", "1.0", "true") for v in sources[i][1]] for i in ids], dtype=np.uint8)
