@@ -69,30 +69,10 @@ def evaluate_codes(codes: np.ndarray, ds: ImageSet, split: str = "test", k: int 
     return code_figures(codes[q], codes[db], ds.labels[q], ds.labels[db], k, seeds)
 
 
-def _encode_with_ort(model_path: str, images: list[Any], batch_size: int) -> np.ndarray:
-    """Stand-in used only while medhash_sdk.encoder is missing (TODO: remove once it exists)."""
-    import onnxruntime as ort
-
-    from medhash_sdk.model_card import INPUT_NAME, ModelCard
-    from medhash_sdk.preprocessing import preprocess_batch
-
-    from .data import read_pixels
-
-    sess = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
-    card = ModelCard.from_metadata(sess.get_modelmeta().custom_metadata_map, source=model_path)
-    out = []
-    for s in range(0, len(images), batch_size):
-        x = preprocess_batch([read_pixels(im) for im in images[s:s + batch_size]], card.preprocessing)
-        out.append(pack_codes(sess.run(None, {INPUT_NAME: x})[0]))
-    return np.concatenate(out)
-
-
 def encode_with_model_file(model_path: str, images: list[Any], batch_size: int = 64) -> np.ndarray:
     """Packed codes of `images` (arrays or paths) through the runtime Encoder."""
-    try:
-        from medhash_sdk.encoder import Encoder
-    except ImportError:
-        return _encode_with_ort(model_path, images, batch_size)
+    from medhash_sdk.encoder import Encoder
+
     return np.asarray(Encoder(model_path).encode(list(images), batch_size=batch_size))
 
 
