@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
