@@ -14,31 +14,19 @@ import numpy as np
 import pytest
 
 from _dicom_files import make_dataset, save
-from _models import tiny_model
 from medhash_sdk.batch import ShardDir, ShardDirError, encode_to_shards, shard_slices
 from medhash_sdk.encoder import Encoder
 from medhash_sdk.exceptions import ModelMismatchError
 from medhash_sdk.index import Index
 from medhash_sdk.inputs import InputError, discover
+from _data import NIH_PNG_DIR
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih_png_1024"
+DATA = NIH_PNG_DIR
 PNGS = sorted(DATA.glob("*.png"))
 pytestmark = pytest.mark.skipif(len(PNGS) < 12, reason=f"real NIH PNGs not found in {DATA}")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    p = tmp_path_factory.mktemp("m") / "tiny.onnx"
-    tiny_model(p)
-    return p
-
-
-@pytest.fixture(scope="module")
-def other_model(tmp_path_factory) -> Path:
-    p = tmp_path_factory.mktemp("m2") / "other.onnx"
-    tiny_model(p, seed=1)
-    return p
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,6 @@ training package's data loader (torch); skipped with the reason otherwise.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,8 +14,9 @@ import pytest
 from medhash_sdk import Encoder
 from medhash_sdk.codes import unpack_codes
 from medhash_sdk.metrics import hamming_distance_matrix, map_at_k, shared_labels
+from _data import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = SHARED_DATA
 NPZ = [DATA / "nih1000_64.npz", DATA / "nih_extra_128.npz"]
 
 

@@ -1,7 +1,6 @@
 """DICOM reading on files built from a real NIH radiograph: intensity pipeline, colour, codecs, errors."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -13,8 +12,9 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 from _dicom_files import make_dataset, save, to_jpeg_lossless
 from medhash_sdk import readers
 from medhash_sdk.exceptions import ImageReadError, UnsupportedImageError
+from _data import NIH_PNG_DIR
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih_png_1024"
+DATA = NIH_PNG_DIR
 PNGS = sorted(DATA.glob("*.png"))
 pytestmark = pytest.mark.skipif(not PNGS, reason=f"real NIH PNGs not found in {DATA}")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -17,17 +16,12 @@ from medhash_sdk.backends.onnxruntime import CPU, CUDA, TRT, provider_list
 from medhash_sdk.encoder import Encoder
 from medhash_sdk.exceptions import ImageReadError, ModelFileError, UnsupportedImageError
 from medhash_sdk.preprocessing import preprocess_batch
+from _data import NIH_PNG_DIR
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih_png_1024"
+DATA = NIH_PNG_DIR
 PNGS = sorted(DATA.glob("*.png"))[:12]
 pytestmark = pytest.mark.skipif(not PNGS, reason=f"real NIH PNGs not found in {DATA}")
 
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    p = tmp_path_factory.mktemp("m") / "tiny.onnx"
-    tiny_model(p)
-    return p
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,9 @@ from medhash_sdk.model_card import INPUT_NAME, OUTPUT_NAMES, ModelCard  # noqa: 
 from medhash_sdk.preprocessing import Preprocessing, preprocess_batch  # noqa: E402
 from medhash_train.attention import NetConfig, build_model  # noqa: E402
 from medhash_train.onnx_export import export_onnx, export_random, model_fingerprint, onnx_outputs  # noqa: E402
+from _data import SHARED_DATA
 
-DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "nih1000_64.npz")
+DATA = str(SHARED_DATA / "nih1000_64.npz")
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,4 @@
 """Backbones and the paper's attention network: shapes on odd sizes, the crop, the warm-up switch."""
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")

@@ -1,7 +1,6 @@
 """Attention overlays: geometry back through the square padding, blending, PNG output."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -10,8 +9,9 @@ import pytest
 from _models import tiny_model
 from medhash_sdk.encoder import Encoder
 from medhash_sdk.overlay import attention_on_image, explain, overlay, save_overlay
+from _data import NIH_PNG_DIR
 
-PNGS = sorted((Path(__file__).resolve().parents[2] / "shared" / "data" / "nih_png_1024").glob("*.png"))
+PNGS = sorted((NIH_PNG_DIR).glob("*.png"))
 
 
 def test_attention_lands_on_the_right_place_of_a_wide_image():

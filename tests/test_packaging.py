@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
+from _data import NIH_PNG_DIR
+
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-PNG = sorted((ROOT.parent / "shared" / "data" / "nih_png_1024").glob("*.png"))
+PNG = sorted(NIH_PNG_DIR.glob("*.png"))
 
 _GPL = re.compile(r"\b(A?GPL|GNU (AFFERO )?GENERAL PUBLIC LICEN[CS]E)", re.I)
 _OK = re.compile(r"\b(LGPL|LESSER|LIBRARY GENERAL|EXCEPTION)\b", re.I)

@@ -1,7 +1,6 @@
 """INT8 Q/DQ quantization calibrated on real NIH radiographs; agreement with FP32 measured."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,9 +8,10 @@ import pytest
 from _models import tiny_model
 from medhash_sdk.encoder import Encoder
 from medhash_sdk.quantize import code_agreement, main, quantize
+from _data import NIH_PNG_DIR
 
 onnx = pytest.importorskip("onnx")
-PNGS = sorted((Path(__file__).resolve().parents[2] / "shared" / "data" / "nih_png_1024").glob("*.png"))
+PNGS = sorted((NIH_PNG_DIR).glob("*.png"))
 pytestmark = pytest.mark.skipif(len(PNGS) < 30, reason="real NIH PNGs not found")
 
 

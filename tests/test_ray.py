@@ -5,7 +5,6 @@ import os
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'medhash-sdk[dist]')")
@@ -15,8 +14,9 @@ from medhash_sdk.batch import ShardDir, ShardDirError, encode_to_shards  # noqa:
 from medhash_sdk.cli import main  # noqa: E402
 from medhash_sdk.distributed import encode_with_ray  # noqa: E402
 from medhash_sdk.exceptions import ModelMismatchError  # noqa: E402
+from _data import NIH_PNG_DIR
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih_png_1024"
+DATA = NIH_PNG_DIR
 PNGS = sorted(DATA.glob("*.png"))
 pytestmark = pytest.mark.skipif(len(PNGS) < 20, reason=f"real NIH PNGs not found in {DATA}")
 

@@ -5,7 +5,6 @@ import os
 import struct
 import threading
 import zlib
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -14,8 +13,9 @@ import pytest
 from medhash_sdk import readers
 from medhash_sdk.exceptions import ImageReadError, UnsupportedImageError
 from medhash_sdk.preprocessing import Preprocessing, preprocess
+from _data import NIH_PNG_DIR
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih_png_1024"
+DATA = NIH_PNG_DIR
 PNGS = sorted(DATA.glob("*.png"))
 pytestmark = pytest.mark.skipif(not PNGS, reason=f"real NIH PNGs not found in {DATA}")
 

@@ -22,6 +22,7 @@ import pytest
 from medhash_sdk.backends import ENGINE_MAGIC, is_engine_file
 from medhash_sdk.backends.tensorrt import read_engine_file, write_engine_file
 from medhash_sdk.exceptions import ModelFileError
+from _data import NIH_PNG_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "medhash_sdk" / "backends" / "tensorrt.py"
@@ -118,7 +119,7 @@ def test_engine_build_and_codes_match_onnxruntime(tmp_path):  # pragma: no cover
     from medhash_sdk.quantize import code_agreement
 
     card = tiny_model(tmp_path / "t.onnx")
-    png = sorted((ROOT.parent / "shared" / "data" / "nih_png_1024").glob("*.png"))[:20]
+    png = sorted(NIH_PNG_DIR.glob("*.png"))[:20]
     ref = Encoder(tmp_path / "t.onnx", providers="cpu")
     for fp16 in (False, True):
         eng = build_engine(tmp_path / "t.onnx", tmp_path / f"t{int(fp16)}.engine", fp16=fp16, max_batch=8, opt_batch=4)

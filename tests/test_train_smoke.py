@@ -22,8 +22,9 @@ from medhash_train.attention import build_model  # noqa: E402
 from medhash_train.data import load_dataset, to_network_input  # noqa: E402
 from medhash_train.evaluate import evaluate_codes, torch_codes  # noqa: E402
 from medhash_train.trainer import TrainConfig, net_config_for  # noqa: E402
+from _data import SHARED_DATA
 
-DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "nih1000_64.npz")
+DATA = str(SHARED_DATA / "nih1000_64.npz")
 MARGIN = 0.01
 SEED = 1
 FRACTIONS = "0.2,0.06,0.74"   # ~200 train images, 42 val, 758 held-out queries
