@@ -150,6 +150,21 @@ def test_large_rows_split_across_threads(level_guard, level, nbytes, threads):
                     assert_same(H.search(codes, q, k, threads, m), brute_force_search(q, codes, k, m))
 
 
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("nbytes", [16, 32])
+def test_streaming_scan_over_a_mebibyte(level_guard, level, nbytes):
+    """Over 1 MiB of codes in one scan the vector kernels prefetch ahead (a separate loop)."""
+    rng = np.random.default_rng(nbytes)
+    n = (1 << 20) // nbytes + 4_099  # a whole number of groups plus a ragged tail
+    codes = make_codes(rng, n, nbytes, 3_000)
+    queries = codes[[5, n - 1]].copy()
+    allow = rng.random(n) < 0.6
+    H.set_simd_level(level)
+    for k in (1, 100, 5_000):
+        for m in (None, allow):
+            assert_same(H.search(codes, queries[:1], k, 1, m), brute_force_search(queries[:1], codes, k, m))
+
+
 def test_default_split_on_large_input():
     """Over 4 MiB of codes a single query is split across threads by default."""
     rng = np.random.default_rng(11)
