@@ -243,3 +243,15 @@ def test_codes_carry_the_fingerprint_into_an_index(enc, arrays):
     assert int(np.asarray(res.distances).ravel()[0]) == 0
     with pytest.raises(Exception, match="(?i)fingerprint|model"):
         idx.add(codes, fingerprint="0" * 64)
+
+
+def test_cpu_batch_split_across_threads_gives_the_same_outputs():
+    """On CPU a batch runs as `threads` concurrent parts: same codes and probabilities as one run."""
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (96, 80), dtype=np.uint8) for _ in range(7)] + [str(p) for p in PNGS[:3]]
+    one = Encoder(providers="cpu", threads=1)
+    three = Encoder(providers="cpu", threads=3)
+    assert three._backend._parts == 3 and one._backend._parts == 1
+    np.testing.assert_array_equal(one.encode(images, batch_size=10), three.encode(images, batch_size=10))
+    a, b = one.analyze(images), three.analyze(images)
+    np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-6)
