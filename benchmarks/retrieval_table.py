@@ -98,7 +98,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     test = evaluate_codes(codes, ds, "test")
     q, db = split_query_db(ds.split, "test")
     flt = float_figures(u[q], u[db], ds.labels[q], ds.labels[db])
-    out = {"job": job, "test": test, "float": flt, "val": res.best_val, "chosen_epoch": res.best_epoch,
+    out = {"job": dict(job, path=os.path.basename(job["path"])), "test": test, "float": flt, "val": res.best_val, "chosen_epoch": res.best_epoch,
            "seconds": res.seconds, "history": res.history, "split": ds.info["split"],
            "data_fingerprint": ds.info["fingerprint"], "torch": torch.__version__}
     tmp = job["path"] + ".tmp"
