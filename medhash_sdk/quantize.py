@@ -46,7 +46,7 @@ class Agreement:
 
 def _preprocessed(encoder: Any, inputs: Sequence[Any], batch_size: int = 32) -> np.ndarray:
     load = encoder.loader()
-    xs = []
+    xs: list[np.ndarray] = []
     for s in range(0, len(inputs), batch_size):
         xs.extend(load(x) for x in inputs[s:s + batch_size])
     return np.stack(xs).astype(np.float32)
@@ -121,7 +121,7 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calibration: Sequ
     if fp32.card.precision != "fp32":
         raise ValueError(f"{src} is already {fp32.card.precision}; quantize the fp32 model")
     x_cal = _preprocessed(fp32, list(calibration))
-    extra = {"ActivationSymmetric": True, "WeightSymmetric": True}
+    extra: dict[str, Any] = {"ActivationSymmetric": True, "WeightSymmetric": True}
     if method == "percentile":
         extra["CalibPercentile"] = 99.999
     with tempfile.TemporaryDirectory(prefix="medhash-quant-") as tmp:
