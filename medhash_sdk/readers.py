@@ -35,7 +35,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from .exceptions import ImageReadError, UnsupportedImageError
+from .exceptions import ImageReadError, MedhashError, UnsupportedImageError
 
 #: Default limit on pixels per image (rows x columns x frames decoded): 8192 x 8192.
 MAX_PIXELS = 8192 * 8192
@@ -292,7 +292,7 @@ def _decode_dicom(data: bytes, source: str, max_pixels: int, frame: int, force: 
     frames = facts["frames"]
     check_size(source, facts["height"], facts["width"], max_pixels)
     if not 0 <= frame < frames:
-        raise ValueError(f"frame={frame} but {source} has {frames} frame(s)")
+        raise _FrameArgumentError(f"frame={frame} but {source} has {frames} frame(s)")
     tsyntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if tsyntax is None:
         raise ImageReadError(source, "wrong DICOM: no Transfer Syntax UID in the file meta information")
@@ -345,9 +345,27 @@ def _read_bytes(path: Path, source: str, max_bytes: int) -> bytes:
         raise ImageReadError(source, f"cannot read the file ({e.strerror})") from e
 
 
+class _FrameArgumentError(ValueError):
+    """frame= names a frame the file does not have: a bad argument, not a bad file."""
+
+
 def read_bytes(data: bytes, source: str = "<bytes>", *, max_pixels: int = MAX_PIXELS, frame: int = 0,
                suffix: str = "") -> Image:
-    """Decode an image held in memory; the format is sniffed from the content."""
+    """Decode an image held in memory; the format is sniffed from the content.
+
+    Anything a damaged file makes a parser or codec raise (pydicom parses elements lazily, so
+    errors surface anywhere; Rust codecs panic with a BaseException) becomes ImageReadError
+    naming the source: bad files never escape as other exception types.
+    """
+    try:
+        return _read_bytes_unchecked(data, source, max_pixels, frame, suffix)
+    except (MedhashError, _FrameArgumentError, KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError):
+        raise
+    except BaseException as e:  # noqa: BLE001 - see the docstring
+        raise ImageReadError(source, f"damaged file ({type(e).__name__}: {str(e)[:200]})") from e
+
+
+def _read_bytes_unchecked(data: bytes, source: str, max_pixels: int, frame: int, suffix: str) -> Image:
     if not data:
         raise ImageReadError(source, "empty file")
     head = data[:132]
