@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     except MedhashError as e:
         print(f"medhash {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # a missing file, a folder without permission, a full disk
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"medhash {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"medhash {args.command}: interrupted", file=sys.stderr)
         return 130

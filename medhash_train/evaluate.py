@@ -69,18 +69,19 @@ def evaluate_codes(codes: np.ndarray, ds: ImageSet, split: str = "test", k: int 
     return code_figures(codes[q], codes[db], ds.labels[q], ds.labels[db], k, seeds)
 
 
-def encode_with_model_file(model_path: str, images: list[Any], batch_size: int = 64) -> np.ndarray:
-    """Packed codes of `images` (arrays or paths) through the runtime Encoder."""
+def encode_with_model_file(model: Any, images: list[Any], batch_size: int = 64) -> np.ndarray:
+    """Packed codes of `images` (arrays or paths) through the runtime Encoder (or a model path)."""
     from medhash_sdk.encoder import Encoder
 
-    return np.asarray(Encoder(model_path).encode(list(images), batch_size=batch_size))
+    enc = model if isinstance(model, Encoder) else Encoder(model)
+    return np.asarray(enc.encode(list(images), batch_size=batch_size))
 
 
-def evaluate_model_file(model_path: str, ds: ImageSet, split: str = "test", k: int = 100,
+def evaluate_model_file(model: Any, ds: ImageSet, split: str = "test", k: int = 100,
                         seeds: Sequence[int | None] = (0, 1, 2), batch_size: int = 64) -> dict[str, Any]:
     """Encode every image of `ds` with the exported model, then `split` queries vs the rest."""
     q, db = split_query_db(ds.split, split)
-    codes = encode_with_model_file(model_path, ds.images, batch_size)
+    codes = encode_with_model_file(model, ds.images, batch_size)
     return code_figures(codes[q], codes[db], ds.labels[q], ds.labels[db], k, seeds)
 
 

@@ -46,16 +46,10 @@ def train_and_export(cfg: TrainConfig, data: Sequence[str], out_dir: str, split_
 def evaluate_file(model_path: str, data: Sequence[str], split: str = "test", k: int = 100,
                   seeds: Sequence[int | None] = (0, 1, 2), batch_size: int = 64) -> dict[str, Any]:
     """Figures of an exported model: `split` queries vs the other splits, split as recorded in the model."""
-    from medhash_sdk.model_card import ModelCard
+    from medhash_sdk.encoder import Encoder
 
-    import onnx
-
-    if not os.path.exists(model_path):
-        from medhash_sdk.exceptions import ModelFileError
-
-        raise ModelFileError(f"{model_path}: no such model file")
-    proto = onnx.load(model_path, load_external_data=False)
-    card = ModelCard.from_metadata({p.key: p.value for p in proto.metadata_props}, source=model_path)
+    enc = Encoder(model_path)   # ModelFileError for a missing, damaged or card-less model
+    card = enc.card
     rule = card.training.get("split", {})
     seed = int(rule.get("seed", 0))
     fractions = rule.get("fractions", (0.7, 0.1, 0.2))
@@ -63,7 +57,7 @@ def evaluate_file(model_path: str, data: Sequence[str], split: str = "test", k: 
     if ds.label_names != card.labels:
         raise ValueError(f"the data's labels {ds.label_names} are not the model's {card.labels}")
     warnings = check_split(ds, rule)
-    fig = evaluate_model_file(model_path, ds, split=split, k=k, seeds=seeds, batch_size=batch_size)
+    fig = evaluate_model_file(enc, ds, split=split, k=k, seeds=seeds, batch_size=batch_size)
     return {"model": model_path, "fingerprint": card.fingerprint, "method": card.method, "nbits": card.nbits,
             "split": split, "k": k, "tie_seeds": list(seeds), "data_fingerprint": ds.info["fingerprint"],
             "same_data_as_training": ds.info["fingerprint"] == card.training.get("data_fingerprint"),

@@ -172,3 +172,11 @@ def test_demo_runs_with_no_arguments_on_the_bundled_model(tmp_path, capsys, monk
     sheet = tmp_path / "medhash-demo" / "contact_sheet.png"
     image = cv2.imread(str(sheet))
     assert image is not None and image.shape[0] > 100 and image.shape[1] > 400
+
+
+def test_missing_files_are_clean_errors(tmp_path, capsys):
+    assert main(["search", "--index", str(tmp_path / "none.idx"), str(tmp_path / "q.png")]) == 1
+    err = capsys.readouterr().err
+    assert "none.idx" in err and "Traceback" not in err
+    assert main(["encode", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 1
+    assert "nothing" in capsys.readouterr().err
