@@ -91,8 +91,8 @@ class TreeRss(threading.Thread):
 
 
 def make_data(root: Path, n: int, source: Path = DATA) -> dict[str, int]:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    sys.path.insert(0, str(ROOT / "tests"))
+    from _dicom_files import make_dataset   # the one DICOM builder, shared with the tests
 
     pngs = sorted(source.glob("*.png"))
     if len(pngs) < 10:
@@ -109,16 +109,7 @@ def make_data(root: Path, n: int, source: Path = DATA) -> dict[str, int]:
     for i in range(n16):
         cv2.imwrite(str(root / "png16" / f"case{i:05d}.png"), deep[i % len(deep)])
     for i in range(ndcm):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", "PA"
-        ds.set_pixel_data(deep[i % len(deep)], "MONOCHROME2", 16)
-        ds.WindowCenter, ds.WindowWidth = 32768, 60000
+        ds = make_dataset(deep[i % len(deep)], "MONOCHROME2", 16, WindowCenter=32768, WindowWidth=60000)
         ds.save_as(root / "dicom" / f"case{i:05d}.dcm", enforce_file_format=True)
     return {"png8": n8, "png16": n16, "dicom": ndcm}
 

@@ -32,8 +32,10 @@ DATA = Path(os.environ.get("MEDHASH_DATA") or ROOT.parent / "shared" / "data")
 def seed_files() -> dict[str, bytes]:
     """Small real radiographs in every supported container."""
     import cv2
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
+    from pydicom.uid import JPEG2000Lossless, RLELossless
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from _dicom_files import make_dataset   # the one DICOM builder, shared with the tests
 
     png = sorted((DATA / "nih_png_1024").glob("*.png"))
     if not png:
@@ -46,16 +48,7 @@ def seed_files() -> dict[str, bytes]:
         "tiff": cv2.imencode(".tiff", im)[1].tobytes(),
     }
     for name, syntax in (("dcm", None), ("dcm_rle", RLELossless), ("dcm_j2k", JPEG2000Lossless)):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.Modality, ds.BodyPartExamined = "CR", "CHEST"
-        ds.set_pixel_data(im.astype(np.uint16) * 16, "MONOCHROME2", 12)
-        ds.WindowCenter, ds.WindowWidth = 2048, 4096
+        ds = make_dataset(im.astype(np.uint16) * 16, "MONOCHROME2", 12, WindowCenter=2048, WindowWidth=4096)
         if syntax is not None:
             ds.compress(syntax)
         buf = io.BytesIO()
