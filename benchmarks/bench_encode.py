@@ -56,6 +56,27 @@ def measure(paths: dict[str, Callable[[], Any]], n: int, repeats: int, warmup: i
     return out
 
 
+def gemm_ceiling(threads: int, n: int = 1024, repeats: int = 20) -> float:
+    """FP32 GFLOP/s of one large MatMul in ONNX Runtime with `threads` threads: the most the
+    same library's kernels reach on this CPU, the ceiling for any network's convolutions."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    io = [helper.make_tensor_value_info(k, TensorProto.FLOAT, [n, n]) for k in "abc"]
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm", io[:2], io[2:])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+                                .SerializeToString(), so, providers=["CPUExecutionProvider"])
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    for _ in range(3):
+        sess.run(None, {"a": a, "b": a})
+    t = time.perf_counter()
+    for _ in range(repeats):
+        sess.run(None, {"a": a, "b": a})
+    return 2.0 * n ** 3 * repeats / (time.perf_counter() - t) / 1e9
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", type=int, default=192, help="PNG files per run (the 48 NIH files cycled)")
@@ -124,6 +145,12 @@ def main(argv: list[str] | None = None) -> int:
         for _ in enc._batches(files, bs):
             pass
 
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(torch.from_numpy(batches[0]))
+    gflop_per_image = counter.get_total_flops() / len(batches[0]) / 1e9
+
     # agreement check: same codes from both paths (otherwise the speed comparison is moot)
     with torch.inference_mode():
         u = model(torch.from_numpy(x_all[:bs]))[0].numpy()
@@ -139,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "Encoder ORT CPU, from files": lambda: enc.encode(files, batch_size=bs),
     }, n, args.repeats)
 
+    ceiling = gemm_ceiling(threads)
     dec, mod = r["decode only (Encoder pool)"][0], r["Encoder ORT CPU, model only"][0]
     bound = 1.0 / (1.0 / dec + 1.0 / mod)
     files_rate = r["Encoder ORT CPU, from files"][0]
@@ -162,9 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| check | value |\n|---|---:|")
     for k, v in checks.items():
         print(f"| {k} | {v:.2f} |")
+    print(f"\nRoofline: the network is {gflop_per_image * 1e3:.1f} MFLOP per image; one large FP32 "
+          f"MatMul in ONNX Runtime reaches {ceiling:.0f} GFLOP/s on {threads} threads.")
+    print("| model only | GFLOP/s | share of that ceiling |\n|---|---:|---:|")
+    for k in ("torch eager, model only", "Encoder ORT CPU, model only"):
+        g = r[k][0] * gflop_per_image
+        print(f"| {k.split(',')[0]} | {g:.0f} | {g / ceiling:.0%} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"host": host, "rates": {k: v[0] for k, v in r.items()},
-                                               "bound": bound, "checks": checks, "bit_agreement": agree,
+                                               "bound": bound, "checks": checks,
+                                               "gflop_per_image": gflop_per_image, "gemm_ceiling_gflops": ceiling, "bit_agreement": agree,
                                                "args": vars(args)}, indent=2))
     return 0
 

@@ -16,7 +16,9 @@ Our decisions where the paper is silent (documented in the README's method notes
   default 0.4, centred on the box and kept inside the image); an empty mask (a flat CAM)
   falls back to the whole image. No gradient flows through the box coordinates.
 - Crop: a sampling grid built from the box (scale + shift of the output pixel centres) and
-  grid_sample (bilinear), resized to the input size; everything static but the batch.
+  grid_sample (bilinear), resized to the input size; everything static but the batch. The
+  exported graph writes this crop and the pyramid's upsampling as matrix products (same
+  values to ~1e-7; ONNX Runtime runs them ~10% faster than GridSample + Resize).
 - Warm-up: the buffer `crop_enabled` (0 or 1) blends the box with the identity box, so the
   same graph trains the classifier first (crop off) and uses the crop afterwards; export
   always sets it to 1. No data-dependent Python control flow anywhere in forward().
@@ -38,6 +40,7 @@ from torch import nn
 from .backbones import BACKBONES, STEMS, build_backbone
 
 OTSU_BINS = 32
+KRON_RESIZE_MAX = 1 << 18   # weight-matrix elements up to which an exported resize is one product
 
 
 @dataclass
@@ -119,17 +122,48 @@ def attention_box(attn: torch.Tensor, bins: int, min_box: float) -> torch.Tensor
     return torch.stack(out, 1)
 
 
+def bilinear_weights(src: torch.Tensor, n_in: int) -> torch.Tensor:
+    """Bilinear weights (..., n_out, n_in) for source coordinates (..., n_out) in pixel units,
+    clamped to the edge pixels (grid_sample's "border" padding, interpolate's edge rule)."""
+    src = src.clamp(0.0, n_in - 1.0)
+    i = torch.arange(n_in, device=src.device, dtype=src.dtype)
+    return torch.clamp(1.0 - (src.unsqueeze(-1) - i).abs(), min=0.0)
+
+
 def crop_resize(x: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
-    """Crop box (B, 4) from x (B, C, H, W) and resample it to H x W (bilinear)."""
+    """Crop box (B, 4) from x (B, C, H, W) and resample it to H x W (bilinear, border padding).
+
+    Eager torch uses grid_sample. The exported graph uses the same sampling written as two
+    matrix products (rows, then columns; the box is axis-aligned, so bilinear is separable):
+    ONNX Runtime's CPU GridSample is a slow per-pixel loop, its MatMul is not."""
     _, _, h, w = x.shape
     gx = (torch.arange(w, device=x.device, dtype=x.dtype) + 0.5) * (2.0 / w) - 1.0
     gy = (torch.arange(h, device=x.device, dtype=x.dtype) + 0.5) * (2.0 / h) - 1.0
     box = box.to(x.dtype)
+    if torch.onnx.is_in_onnx_export():
+        sx, tx, sy, ty = (box[:, i].view(-1, 1) for i in range(4))
+        # grid_sample, align_corners=False: pixel coordinate = ((g + 1) * size - 1) / 2
+        wx = bilinear_weights((sx * gx + tx + 1.0) * (w * 0.5) - 0.5, w).unsqueeze(1)   # (B, 1, W, W)
+        wy = bilinear_weights((sy * gy + ty + 1.0) * (h * 0.5) - 0.5, h).unsqueeze(1)   # (B, 1, H, H)
+        return wy @ x @ wx.transpose(-1, -2)
     sx, tx, sy, ty = (box[:, i].view(-1, 1, 1) for i in range(4))
     grid_x = (sx * gx.view(1, 1, w) + tx).expand(-1, h, w)
     grid_y = (sy * gy.view(1, h, 1) + ty).expand(-1, h, w)
     grid = torch.stack([grid_x, grid_y], dim=-1)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def resize_bilinear(f: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """F.interpolate(f, size, bilinear, align_corners=False). Exported, a small map becomes one
+    matrix product with a constant (oh*ow, h*w) weight matrix: same values, and ONNX Runtime's
+    Resize on maps of a few pixels costs more than the whole product."""
+    (h, w), (oh, ow) = f.shape[-2:], size
+    if not torch.onnx.is_in_onnx_export() or oh * ow * h * w > KRON_RESIZE_MAX:
+        return F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+    ry = bilinear_weights((torch.arange(oh, device=f.device, dtype=f.dtype) + 0.5) * (h / oh) - 0.5, h)
+    rx = bilinear_weights((torch.arange(ow, device=f.device, dtype=f.dtype) + 0.5) * (w / ow) - 0.5, w)
+    k = (ry[:, None, :, None] * rx[None, :, None, :]).reshape(oh * ow, h * w)
+    return (f.flatten(2) @ k.T).unflatten(2, (oh, ow))
 
 
 class ClassificationBranch(nn.Module):
@@ -147,7 +181,7 @@ class ClassificationBranch(nn.Module):
         size = (f8.shape[-2], f8.shape[-1])
         fmap = self.lat[0](f8)
         for lat, f in zip(self.lat[1:], feats[1:]):
-            fmap = fmap + F.interpolate(lat(f), size=size, mode="bilinear", align_corners=False)
+            fmap = fmap + resize_bilinear(lat(f), size)
         fmap = F.relu(self.bn(fmap))
         logits = self.fc(fmap.mean((2, 3)))
         probs = torch.sigmoid(logits)

@@ -60,6 +60,8 @@ def test_single_file_with_metadata(exported):
     assert back.method == "attention" and back.training["split"]["rule"] == "patient"
     assert back.fingerprint == model_fingerprint(model, spec, 64, labels) == card.fingerprint
     assert "torch" in back.versions and back.backbone.startswith("resnet18")
+    # the crop and the pyramid's upsampling are matrix products, not ORT's slow GridSample/Resize
+    assert not {n.op_type for n in proto.graph.node} & {"GridSample", "Resize"}
 
 
 def test_ort_matches_torch_on_real_images(exported):

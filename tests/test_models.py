@@ -3,7 +3,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from medhash_train.attention import NetConfig, attention_box, build_model, crop_resize, otsu_threshold  # noqa: E402
+from unittest import mock  # noqa: E402
+
+from medhash_train.attention import (NetConfig, attention_box, build_model, crop_resize, otsu_threshold,  # noqa: E402
+                                     resize_bilinear)
 from medhash_train.backbones import build_backbone, load_backbone_weights  # noqa: E402
 
 
@@ -59,6 +62,24 @@ def test_crop_identity_and_box():
     # the right half, resampled to full width
     half = crop_resize(x, torch.tensor([[0.5, 0.5, 1.0, 0.0]]))
     assert float(half[0, 0, 0, 0]) >= 3.5 and float(half[0, 0, 0, -1]) == pytest.approx(7.0, abs=0.3)
+
+
+def test_exported_crop_and_resize_equal_the_eager_ops():
+    """The export writes grid_sample and bilinear upsampling as matrix products: same values,
+    including boxes that reach outside the image (border padding) and downsampling."""
+    torch.manual_seed(0)
+    x = torch.rand(5, 2, 64, 48)
+    box = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.4, 0.6, 0.4, -0.6], [0.5, 0.9, 0.7, -0.5],
+                        [0.9, 0.05, 0.45, 0.1], [1.0, 0.3, 1.0, -0.3]])
+    eager = crop_resize(x, box)
+    with mock.patch("torch.onnx.is_in_onnx_export", return_value=True):
+        exported = crop_resize(x, box)
+    assert torch.allclose(eager, exported, atol=1e-5)
+    for src, dst in [((2, 2), (8, 8)), ((4, 3), (8, 8)), ((7, 7), (13, 13)), ((9, 9), (4, 4))]:
+        f = torch.randn(3, 4, *src)
+        with mock.patch("torch.onnx.is_in_onnx_export", return_value=True):
+            got = resize_bilinear(f, dst)
+        assert torch.allclose(resize_bilinear(f, dst), got, atol=1e-5), (src, dst)
 
 
 def test_no_gradient_through_box_and_warmup_switch():
