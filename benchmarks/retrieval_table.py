@@ -51,6 +51,7 @@ DATASETS = {
 INPUT_SIZE = {"nih": 64, "pneumoniamnist": 28}
 METHODS = ["attention", "ablation-global", "ablation-crop", "dsh", "dpsh", "hashnet", "dch", "csq", "dtsh",
            "idhn", "dfh", "dpn", "orthohash"]
+CROP_METHODS = {"attention", "ablation-crop"}
 ABLATION_NAMES = {"ablation-global": "global only (pair loss, no crop)",
                   "ablation-crop": "+ attention crop (unweighted)",
                   "attention": "+ pair weighting = paper method"}
@@ -59,7 +60,8 @@ BUDGETS = {
     "cuda": dict(width=0.5, epochs=30, batch_size=64, lr=1e-3, workers=8),
 }
 _SAME = ("method", "bits", "seed", "dataset", "input_size", "device", "width", "epochs", "batch_size", "lr",
-         "loss_args", "mu")
+         "loss_args", "mu", "train_fraction", "local_scale")
+_SAME_DEFAULTS = {"train_fraction": 1.0, "local_scale": 1}      # settings added later: what older cached runs used
 T975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}
 
 
@@ -78,6 +80,24 @@ def _dataset(name: str, input_size: int):
     return _CACHE[key]
 
 
+def fewer_training_patients(ds: Any, fraction: float, seed: int = 0) -> Any:
+    """A copy of ds whose train split keeps a seeded `fraction` of the training patients (the
+    rest are marked "unused": not trained on, still in the test database of the original ds).
+    The same subset for every method and training seed, so a learning curve compares alike."""
+    import dataclasses
+
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"--train-fraction must be in (0, 1], got {fraction}")
+    if fraction == 1.0:
+        return ds
+    train = ds.split == "train"
+    patients = np.unique(ds.patient_id[train])
+    keep = np.random.default_rng(seed).permutation(patients)[:max(1, math.ceil(fraction * len(patients)))]
+    split = ds.split.copy()
+    split[train & ~np.isin(ds.patient_id, keep)] = "unused"
+    return dataclasses.replace(ds, split=split)
+
+
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """Train one (method, bits, seed), evaluate on the test split, write the JSON cache."""
     import torch
@@ -91,8 +111,10 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     ds, x_all = _dataset(job["dataset"], job["input_size"])
     cfg = TrainConfig(method=job["method"], nbits=job["bits"], input_size=job["input_size"], epochs=job["epochs"],
                       batch_size=job["batch_size"], lr=job["lr"], width=job["width"], seed=job["seed"],
-                      device=job["device"], progress=False, loss_args=job.get("loss_args", {}), mu=job.get("mu", -1.0))
-    res = train(cfg, ds, log=lambda s: None, x_all=x_all)
+                      device=job["device"], progress=False, loss_args=job.get("loss_args", {}), mu=job.get("mu", -1.0),
+                      local_scale=job.get("local_scale", 1))
+    trained_on = fewer_training_patients(ds, job.get("train_fraction", 1.0))
+    res = train(cfg, trained_on, log=lambda s: None, x_all=x_all)
     u, _ = torch_outputs(res.model, torch.from_numpy(x_all))
     codes = pack_codes(u)
     test = evaluate_codes(codes, ds, "test")
@@ -100,7 +122,8 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     flt = float_figures(u[q], u[db], ds.labels[q], ds.labels[db])
     out = {"job": dict(job, path=os.path.basename(job["path"])), "test": test, "float": flt, "val": res.best_val, "chosen_epoch": res.best_epoch,
            "seconds": res.seconds, "history": res.history, "split": ds.info["split"],
-           "data_fingerprint": ds.info["fingerprint"], "torch": torch.__version__}
+           "data_fingerprint": ds.info["fingerprint"], "torch": torch.__version__,
+           "train_images": int((trained_on.split == "train").sum())}
     tmp = job["path"] + ".tmp"
     with open(tmp, "w") as f:
         json.dump(out, f, indent=1, default=float)
@@ -273,6 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loss-args", type=json.loads, default={}, metavar="JSON",
                    help='override loss constants for every method in the grid, e.g. \'{"alpha": 0.5}\' (tag records it)')
     p.add_argument("--mu", type=float, default=-1.0, help="classification loss weight (default: the method's)")
+    p.add_argument("--train-fraction", type=float, default=1.0,
+                   help="train on this seeded fraction of the training patients (learning curve; the "
+                        "validation, test queries and database stay the same)")
+    p.add_argument("--local-scale", type=int, default=1, metavar="S",
+                   help="attention methods only: input S times the dataset's size, branches at the dataset's "
+                        "size, the crop taken from the full input (nih: 128 px in, 64 px branches)")
     p.add_argument("--data-dir", default=None, help="folder with the .npz files (default ../shared/data or $MEDHASH_DATA)")
     a = p.parse_args(argv)
     if a.data_dir:
@@ -287,12 +316,18 @@ def main(argv: list[str] | None = None) -> int:
         budget["width"] = a.width
     if a.workers:
         budget["workers"] = a.workers
-    input_size = INPUT_SIZE[a.dataset]
+    input_size = INPUT_SIZE[a.dataset] * a.local_scale
+    if a.local_scale > 1 and set(a.methods) - CROP_METHODS:
+        p.error(f"--local-scale > 1 needs methods with the attention crop: {sorted(CROP_METHODS)}")
     tag = f"{a.dataset}-{input_size}px-w{budget['width']:g}-e{budget['epochs']}-b{budget['batch_size']}-lr{budget['lr']:g}"
     if a.loss_args:
         tag += "-" + "-".join(f"{k}{v:g}" for k, v in sorted(a.loss_args.items()))
     if a.mu >= 0:
         tag += f"-mu{a.mu:g}"
+    if a.local_scale > 1:
+        tag += f"-ls{a.local_scale}"
+    if a.train_fraction < 1.0:
+        tag += f"-tf{a.train_fraction:g}"
     outdir = os.path.join(a.results, tag)
     os.makedirs(outdir, exist_ok=True)
     t0 = time.time()
@@ -306,12 +341,13 @@ def main(argv: list[str] | None = None) -> int:
                 path = os.path.join(outdir, f"{m}_{b}b_s{s}.json")
                 job = dict(method=m, bits=b, seed=s, dataset=a.dataset, input_size=input_size, device=a.device,
                            threads=threads, path=path, loss_args=a.loss_args, mu=a.mu,
+                           train_fraction=a.train_fraction, local_scale=a.local_scale,
                            **{k: budget[k] for k in ("width", "epochs", "batch_size", "lr")})
                 if os.path.exists(path):   # resume: a cached run counts when its settings match
                     try:
                         with open(path) as f:
                             old = json.load(f)["job"]
-                        if all(old.get(k) == job[k] for k in _SAME):
+                        if all(old.get(k, _SAME_DEFAULTS.get(k)) == job[k] for k in _SAME):
                             continue
                     except (OSError, ValueError, KeyError):
                         pass

@@ -23,6 +23,10 @@ Our decisions where the paper is silent (documented in the README's method notes
   same graph trains the classifier first (crop off) and uses the crop afterwards; export
   always sets it to 1. No data-dependent Python control flow anywhere in forward().
 - Local branch: shares the backbone's weights by default (local="separate" gives it its own).
+- local_scale s (default 1): the network takes an s-times larger input; the global branch sees
+  it averaged over s x s blocks, and the crop is resampled from the full-resolution input to
+  the branches' size, so the local branch sees real detail, not upsampled pixels, at the same
+  compute (as in AG-CNN, Guan et al. 2018, whose local branch crops the original image).
 - Fusion: concat(GAP(global stride-32 map), GAP(local stride-32 map)) -> FC -> tanh.
 `use_local=False` gives the "global only" network that the baselines and the first ablation
 use; `detach_cls=True` trains the classification branch on detached features, so a baseline
@@ -57,6 +61,7 @@ class NetConfig:
     local: str = "shared"
     min_box: float = 0.4
     otsu_bins: int = OTSU_BINS
+    local_scale: int = 1             # the input is this many times the branches' size (see AttentionHashNet)
     detach_cls: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -73,6 +78,10 @@ class NetConfig:
             raise ValueError(f"local must be 'shared' or 'separate', got {self.local!r}")
         if not 0.0 < self.min_box <= 1.0:
             raise ValueError(f"min_box is a fraction of the image side in (0, 1], got {self.min_box}")
+        if not isinstance(self.local_scale, int) or self.local_scale < 1:
+            raise ValueError(f"local_scale must be an integer >= 1, got {self.local_scale!r}")
+        if self.local_scale > 1 and not self.use_local:
+            raise ValueError("local_scale > 1 needs the local branch (use_local=True): it is where the detail goes")
         if self.otsu_bins < 2:
             raise ValueError(f"otsu_bins must be >= 2, got {self.otsu_bins}")
 
@@ -130,25 +139,27 @@ def bilinear_weights(src: torch.Tensor, n_in: int) -> torch.Tensor:
     return torch.clamp(1.0 - (src.unsqueeze(-1) - i).abs(), min=0.0)
 
 
-def crop_resize(x: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
-    """Crop box (B, 4) from x (B, C, H, W) and resample it to H x W (bilinear, border padding).
+def crop_resize(x: torch.Tensor, box: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Crop box (B, 4) from x (B, C, H, W) and resample it to `size` (default H x W; bilinear,
+    border padding).
 
     Eager torch uses grid_sample. The exported graph uses the same sampling written as two
     matrix products (rows, then columns; the box is axis-aligned, so bilinear is separable):
     ONNX Runtime's CPU GridSample is a slow per-pixel loop, its MatMul is not."""
     _, _, h, w = x.shape
-    gx = (torch.arange(w, device=x.device, dtype=x.dtype) + 0.5) * (2.0 / w) - 1.0
-    gy = (torch.arange(h, device=x.device, dtype=x.dtype) + 0.5) * (2.0 / h) - 1.0
+    oh, ow = size or (h, w)
+    gx = (torch.arange(ow, device=x.device, dtype=x.dtype) + 0.5) * (2.0 / ow) - 1.0
+    gy = (torch.arange(oh, device=x.device, dtype=x.dtype) + 0.5) * (2.0 / oh) - 1.0
     box = box.to(x.dtype)
     if torch.onnx.is_in_onnx_export():
         sx, tx, sy, ty = (box[:, i].view(-1, 1) for i in range(4))
         # grid_sample, align_corners=False: pixel coordinate = ((g + 1) * size - 1) / 2
-        wx = bilinear_weights((sx * gx + tx + 1.0) * (w * 0.5) - 0.5, w).unsqueeze(1)   # (B, 1, W, W)
-        wy = bilinear_weights((sy * gy + ty + 1.0) * (h * 0.5) - 0.5, h).unsqueeze(1)   # (B, 1, H, H)
+        wx = bilinear_weights((sx * gx + tx + 1.0) * (w * 0.5) - 0.5, w).unsqueeze(1)   # (B, 1, ow, W)
+        wy = bilinear_weights((sy * gy + ty + 1.0) * (h * 0.5) - 0.5, h).unsqueeze(1)   # (B, 1, oh, H)
         return wy @ x @ wx.transpose(-1, -2)
     sx, tx, sy, ty = (box[:, i].view(-1, 1, 1) for i in range(4))
-    grid_x = (sx * gx.view(1, 1, w) + tx).expand(-1, h, w)
-    grid_y = (sy * gy.view(1, h, 1) + ty).expand(-1, h, w)
+    grid_x = (sx * gx.view(1, 1, ow) + tx).expand(-1, oh, ow)
+    grid_y = (sy * gy.view(1, oh, 1) + ty).expand(-1, oh, ow)
     grid = torch.stack([grid_x, grid_y], dim=-1)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -222,7 +233,9 @@ class AttentionHashNet(nn.Module):
 
     def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """forward() plus the classification logits (for the training loss)."""
-        feats = self.backbone(x)
+        s = self.config.local_scale
+        xg = x if s == 1 else F.avg_pool2d(x, s)      # the global view: the input averaged over s x s blocks
+        feats = self.backbone(xg)
         cls_in = tuple(f.detach() for f in feats) if self.config.detach_cls else feats
         logits, probs, attn = self.cls(cls_in)
         g = feats[2].mean((2, 3))
@@ -231,7 +244,7 @@ class AttentionHashNet(nn.Module):
             identity = torch.tensor([1.0, 0.0, 1.0, 0.0], device=box.device, dtype=box.dtype)
             e = self.crop_enabled.to(box.dtype)
             box = e * box + (1.0 - e) * identity
-            crop = crop_resize(x, box)
+            crop = crop_resize(x, box, (xg.shape[-2], xg.shape[-1]))   # from the full-resolution input
             local_net = self.backbone if self.local_backbone is None else self.local_backbone
             g = torch.cat([g, local_net(crop)[2].mean((2, 3))], 1)
         u = torch.tanh(self.hash(g))

@@ -52,6 +52,8 @@ def model_fingerprint(model: torch.nn.Module, spec: Preprocessing, nbits: int, l
 
 def describe_backbone(cfg: NetConfig) -> str:
     local = f", local branch {cfg.local}" if cfg.use_local else ", global only"
+    if cfg.local_scale > 1:
+        local += f" cropping the full input, branches at 1/{cfg.local_scale} of it"
     return f"{cfg.backbone} width {cfg.width:g}, {cfg.stem} stem{local}"
 
 

@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "csq, dtsh, idhn, dfh, dpn, orthohash (default attention)")
     p.add_argument("--bits", type=int, default=64, help="code length, a multiple of 8 (default 64)")
     p.add_argument("--input-size", type=int, default=64, help="network input side in pixels (default 64)")
+    p.add_argument("--local-scale", type=int, default=1, metavar="S",
+                   help="attention methods: the branches see input-size/S; the crop is taken from the full "
+                        "input, so the local branch sees real detail (e.g. --input-size 128 --local-scale 2)")
     p.add_argument("--channels", type=int, choices=(1, 3), default=1,
                    help="1: colour images converted to gray (default); 3: kept as RGB")
     p.add_argument("--epochs", type=int, default=20)
@@ -68,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(method=args.method, nbits=args.bits, input_size=args.input_size, channels=args.channels,
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, backbone=args.backbone,
                       width=args.width, warmup_epochs=args.warmup_epochs, seed=args.seed, device=args.device,
-                      backbone_weights=args.backbone_weights, progress=not args.no_progress)
+                      backbone_weights=args.backbone_weights, progress=not args.no_progress,
+                      local_scale=args.local_scale)
     train_and_export(cfg, args.data, args.out, split_seed=args.split_seed, fractions=args.split_fractions)
     return 0
