@@ -84,3 +84,23 @@ def test_random_export_helper(tmp_path):
     assert card.method == "attention-untrained" and card.nbits == 32 and len(card.labels) == 15
     u, p, a = onnx_outputs(str(tmp_path / "r.onnx"), np.zeros((3, 1, 32, 32), np.float32))
     assert u.shape == (3, 32) and p.shape == (3, 15)
+
+
+def test_local_scale_export_parity(tmp_path, nih):
+    """A net whose crop reads the 2x input (local_scale=2) exports whole and ORT agrees with torch."""
+    torch.manual_seed(0)
+    images, _ = nih
+    spec = Preprocessing(input_size=128)
+    x = torch.from_numpy(preprocess_batch(list(images[:32]), spec))
+    model = build_model(NetConfig(nbits=32, num_labels=15, width=0.125, local_scale=2))
+    model.train()
+    with torch.no_grad():
+        model(x)
+    model.eval()
+    path = tmp_path / "ls2.onnx"
+    card = export_onnx(model, spec, [f"l{i}" for i in range(15)], "attention", path)
+    assert card.preprocessing.input_size == 128 and "1/2" in card.backbone
+    with torch.no_grad():
+        u, p, _ = (t.numpy() for t in model(x))
+    ou, op, _ = onnx_outputs(str(path), x.numpy())
+    assert ((u > 0) == (ou > 0)).mean() >= 0.999 and np.abs(op - p).max() <= 1e-4

@@ -112,3 +112,27 @@ def test_bad_config():
         NetConfig(nbits=30, num_labels=3)
     with pytest.raises(ValueError, match="backbone"):
         NetConfig(nbits=32, num_labels=3, backbone="vgg")
+
+
+def test_local_scale_crops_the_full_resolution_input():
+    """local_scale=2: the branches see 64 px, the crop comes from the 128 px input (identity box
+    = the 2 x 2 block mean, i.e. what the global branch sees); bad settings are refused."""
+    torch.manual_seed(0)
+    x = torch.rand(3, 1, 128, 128)
+    ident = crop_resize(x, torch.tensor([[1.0, 0.0, 1.0, 0.0]] * 3), (64, 64))
+    assert torch.allclose(ident, torch.nn.functional.avg_pool2d(x, 2), atol=1e-6)
+    zoom = crop_resize(x, torch.tensor([[0.5, 0.0, 0.5, 0.0]] * 3), (64, 64))   # the central half, 1:1 pixels
+    assert torch.allclose(zoom, x[:, :, 32:96, 32:96], atol=1e-5)
+    net = build_model(NetConfig(nbits=16, num_labels=4, width=0.125, local_scale=2)).eval()
+    u, p, a = net(x)
+    assert u.shape == (3, 16) and p.shape == (3, 4) and a.shape == (3, 8, 8)   # CAM on the 64 px view
+    with pytest.raises(ValueError, match="local_scale"):
+        NetConfig(nbits=16, num_labels=4, local_scale=0)
+    with pytest.raises(ValueError, match="local branch"):
+        NetConfig(nbits=16, num_labels=4, local_scale=2, use_local=False)
+    from medhash_train.trainer import TrainConfig
+
+    with pytest.raises(ValueError, match="divide input_size"):
+        TrainConfig(input_size=100, local_scale=3)
+    with pytest.raises(ValueError, match="attention crop"):
+        TrainConfig(method="dpsh", input_size=128, local_scale=2)
