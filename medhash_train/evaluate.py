@@ -37,6 +37,28 @@ def torch_outputs(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512
     return torch.cat(us).numpy(), torch.cat(ps).numpy()
 
 
+def crop_statistics(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512) -> dict[str, float]:
+    """How much the attention crop zooms: the boxes' area as a fraction of the image (mean,
+    median), the share of images cropped to the whole image (no zoom) and to the minimum box."""
+    from .attention import attention_box
+
+    cfg = model.config
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    boxes = []
+    with torch.no_grad():
+        for s in range(0, x.shape[0], batch_size):
+            _, _, attn = model(x[s:s + batch_size].to(dev))
+            boxes.append(attention_box(attn.float(), cfg.otsu_bins, cfg.min_box).cpu())
+    model.train(was_training)
+    b = torch.cat(boxes).numpy()
+    area = b[:, 0] * b[:, 2]
+    return {"mean_area": float(area.mean()), "median_area": float(np.median(area)),
+            "whole_image": float((area > 0.999).mean()),
+            "min_box": float(((b[:, 0] <= cfg.min_box + 1e-3) & (b[:, 2] <= cfg.min_box + 1e-3)).mean())}
+
+
 def split_query_db(split: np.ndarray, query: str) -> tuple[np.ndarray, np.ndarray]:
     """Query rows = `query` split; database = every other split's rows."""
     if query not in SPLITS:
