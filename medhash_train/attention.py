@@ -62,7 +62,6 @@ class NetConfig:
     min_box: float = 0.4
     otsu_bins: int = OTSU_BINS
     local_scale: int = 1             # the input is this many times the branches' size (see AttentionHashNet)
-    cam_exclude: list[int] = field(default_factory=list)   # label indices left out of the CAM (e.g. "No Finding")
     detach_cls: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -83,8 +82,6 @@ class NetConfig:
             raise ValueError(f"local_scale must be an integer >= 1, got {self.local_scale!r}")
         if self.local_scale > 1 and not self.use_local:
             raise ValueError("local_scale > 1 needs the local branch (use_local=True): it is where the detail goes")
-        if any(not 0 <= i < self.num_labels for i in self.cam_exclude):
-            raise ValueError(f"cam_exclude holds label indices in [0, {self.num_labels}), got {self.cam_exclude}")
         if self.otsu_bins < 2:
             raise ValueError(f"otsu_bins must be >= 2, got {self.otsu_bins}")
 
@@ -183,13 +180,9 @@ def resize_bilinear(f: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 class ClassificationBranch(nn.Module):
     """Feature pyramid on the stride-8 grid -> GAP -> linear -> sigmoid, and its CAM."""
 
-    def __init__(self, channels: tuple[int, int, int], num_labels: int, cam_exclude: list[int] | None = None):
+    def __init__(self, channels: tuple[int, int, int], num_labels: int):
         super().__init__()
         d = channels[2]
-        cam_classes = torch.ones(num_labels)
-        cam_classes[list(cam_exclude or [])] = 0.0
-        # 1 = the class's map counts in the CAM; derived from the config, so not in the state dict
-        self.register_buffer("cam_classes", cam_classes, persistent=False)
         self.lat = nn.ModuleList([nn.Conv2d(c, d, 1, bias=False) for c in channels])
         self.bn = nn.BatchNorm2d(d)
         self.fc = nn.Linear(d, num_labels)
@@ -204,7 +197,7 @@ class ClassificationBranch(nn.Module):
         logits = self.fc(fmap.mean((2, 3)))
         probs = torch.sigmoid(logits)
         # CAM weighted by the predicted probabilities (forward-only Grad-CAM of a GAP+linear head)
-        w = (probs.detach().float() * self.cam_classes) @ self.fc.weight.detach().float()   # (B, D)
+        w = probs.detach().float() @ self.fc.weight.detach().float()                 # (B, D)
         cam = F.relu(torch.einsum("bd,bdhw->bhw", w, fmap.detach().float()))
         b = cam.shape[0]
         flat = cam.reshape(b, -1)
@@ -226,7 +219,7 @@ class AttentionHashNet(nn.Module):
         self.local_backbone = None
         if c.use_local and c.local == "separate":
             self.local_backbone = build_backbone(c.backbone, c.in_ch, c.width, c.stem, backbone_weights)
-        self.cls = ClassificationBranch(chans, c.num_labels, c.cam_exclude)
+        self.cls = ClassificationBranch(chans, c.num_labels)
         feat = chans[2] * (2 if c.use_local else 1)
         self.hash = nn.Linear(feat, c.nbits)
         self.register_buffer("crop_enabled", torch.ones(()))

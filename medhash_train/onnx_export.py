@@ -47,9 +47,6 @@ def _versions() -> dict[str, str]:
 
 def model_fingerprint(model: torch.nn.Module, spec: Preprocessing, nbits: int, labels: list[str]) -> str:
     weights = [(k, v.detach().cpu().numpy()) for k, v in model.state_dict().items()]
-    exclude = getattr(getattr(model, "config", None), "cam_exclude", None)
-    if exclude:   # changes the attention (and so the codes) without a weight: part of the identity
-        weights.append(("config.cam_exclude", np.asarray(exclude, dtype=np.int64)))
     return compute_fingerprint(weights, spec, nbits, labels)
 
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from medhash_sdk.preprocessing import Preprocessing
 
 from .attention import AttentionHashNet, NetConfig, build_model
-from .data import NO_FINDING, ImageSet, to_network_input
+from .data import ImageSet, to_network_input
 from .evaluate import code_figures, torch_codes
 from .losses import METHODS, make_loss
 
@@ -56,7 +56,6 @@ class TrainConfig:
     loss_args: dict[str, float] = field(default_factory=dict)   # overrides of the loss's constants
     mu: float = -1.0                 # classification loss weight; -1: the method's default
     local_scale: int = 1             # input_size / local_scale = what each branch sees (attention nets)
-    cam_no_finding: bool = True      # False: "No Finding" (absence of lesions) is left out of the CAM
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -97,13 +96,11 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def net_config_for(cfg: TrainConfig, label_names: list[str]) -> NetConfig:
+def net_config_for(cfg: TrainConfig, num_labels: int) -> NetConfig:
     m = METHODS[cfg.method]
-    exclude = [] if cfg.cam_no_finding else [i for i, n in enumerate(label_names) if n == NO_FINDING]
-    return NetConfig(nbits=cfg.nbits, num_labels=len(label_names), in_ch=cfg.channels, backbone=cfg.backbone,
+    return NetConfig(nbits=cfg.nbits, num_labels=num_labels, in_ch=cfg.channels, backbone=cfg.backbone,
                      width=cfg.width, stem=cfg.resolved_stem, use_local=bool(m.get("use_local")),
-                     detach_cls=bool(m.get("detach_cls", False)), local_scale=cfg.local_scale,
-                     cam_exclude=exclude)
+                     detach_cls=bool(m.get("detach_cls", False)), local_scale=cfg.local_scale)
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -156,7 +153,7 @@ def train(cfg: TrainConfig, ds: ImageSet, log: Callable[[str], None] | None = No
     y_tr = torch.from_numpy(ds.labels[tr].astype(np.float32)).to(dev)
     x_va = torch.from_numpy(x_all[va]) if len(va) else None
 
-    net_cfg = net_config_for(cfg, list(ds.label_names))
+    net_cfg = net_config_for(cfg, len(ds.label_names))
     model = build_model(net_cfg, cfg.backbone_weights).to(dev).to(memory_format=cl)
     loss_fn = make_loss(cfg.method, cfg.nbits, len(ds.label_names), **cfg.loss_args).to(dev)
     mu = float(METHODS[cfg.method].get("mu", 1.0)) if cfg.mu < 0 else float(cfg.mu)

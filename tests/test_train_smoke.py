@@ -64,7 +64,7 @@ def test_short_training_beats_untrained_network(tmp_path, capsys, one_thread):
     ds = load_dataset(DATA, split_seed=0, fractions=(0.2, 0.06, 0.74))
     cfg = TrainConfig(method="attention", nbits=32, width=0.25, seed=SEED, progress=False)
     torch.manual_seed(SEED)
-    untrained = build_model(net_config_for(cfg, list(ds.label_names))).eval()
+    untrained = build_model(net_config_for(cfg, len(ds.label_names))).eval()
     x = torch.from_numpy(to_network_input(ds, Preprocessing(64)))
     base = evaluate_codes(torch_codes(untrained, x), ds, "test")["map@100"]
     print(f"mAP@100 trained {res['map@100']:.4f} untrained {base:.4f}")
