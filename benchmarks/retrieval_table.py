@@ -208,7 +208,8 @@ def build_table(results: list[dict[str, Any]], fixed: dict[str, dict[str, float]
 
 
 # ----------------------------------------------------------------------------- default model
-def default_model(out: str, dataset: str, budget: dict[str, Any], device: str, input_size: int) -> dict[str, Any]:
+def default_model(out: str, dataset: str, budget: dict[str, Any], device: str, input_size: int,
+                  **net_options: Any) -> dict[str, Any]:
     """Train the shipped model through `medhash train`'s code path, export it, evaluate the ONNX file."""
     import torch
 
@@ -218,7 +219,7 @@ def default_model(out: str, dataset: str, budget: dict[str, Any], device: str, i
     work = os.path.splitext(out)[0] + "_run"
     cfg = TrainConfig(method="attention", nbits=64, input_size=input_size, epochs=budget["epochs"],
                       batch_size=budget["batch_size"], lr=budget["lr"], width=budget["width"], seed=0,
-                      device=device, progress=False)
+                      device=device, progress=False, **net_options)
     data = [os.path.join(DATA_DIR, f) for f in DATASETS[dataset]]
     try:
         import onnx  # noqa: F401
@@ -397,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         fh.write(table + note + "\n")
     print(table + note)
     if a.default_model_out:
-        res = default_model(a.default_model_out, a.dataset, budget, a.device, input_size)
+        res = default_model(a.default_model_out, a.dataset, budget, a.device, input_size,
+                            local_scale=a.local_scale, box_region=a.box_region)
         print(json.dumps(res, indent=1))
     print(f"total {time.time() - t0:.0f} s", file=sys.stderr)
     return 0
