@@ -69,6 +69,8 @@ class TrainConfig:
             raise ValueError(f"nbits must be a positive multiple of 8, got {self.nbits}")
         if self.local_scale < 1 or self.input_size % self.local_scale:
             raise ValueError(f"local_scale must be >= 1 and divide input_size ({self.input_size}), got {self.local_scale}")
+        if self.box_region not in ("all", "peak"):
+            raise ValueError(f"box_region must be 'all' or 'peak', got {self.box_region!r}")
         if self.local_scale > 1 and not METHODS[self.method].get("use_local"):
             raise ValueError(f"local_scale > 1 needs a method with the attention crop, not {self.method!r}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
