@@ -60,8 +60,8 @@ BUDGETS = {
     "cuda": dict(width=0.5, epochs=30, batch_size=64, lr=1e-3, workers=8),
 }
 _SAME = ("method", "bits", "seed", "dataset", "input_size", "device", "width", "epochs", "batch_size", "lr",
-         "loss_args", "mu", "train_fraction", "local_scale", "box_region")
-_SAME_DEFAULTS = {"train_fraction": 1.0, "local_scale": 1, "box_region": "all"}      # settings added later: what older cached runs used
+         "loss_args", "mu", "train_fraction", "local_scale")
+_SAME_DEFAULTS = {"train_fraction": 1.0, "local_scale": 1}      # settings added later: what older cached runs used
 T975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}
 
 
@@ -112,7 +112,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     cfg = TrainConfig(method=job["method"], nbits=job["bits"], input_size=job["input_size"], epochs=job["epochs"],
                       batch_size=job["batch_size"], lr=job["lr"], width=job["width"], seed=job["seed"],
                       device=job["device"], progress=False, loss_args=job.get("loss_args", {}), mu=job.get("mu", -1.0),
-                      local_scale=job.get("local_scale", 1), box_region=job.get("box_region", "all"))
+                      local_scale=job.get("local_scale", 1))
     trained_on = fewer_training_patients(ds, job.get("train_fraction", 1.0))
     res = train(cfg, trained_on, log=lambda s: None, x_all=x_all)
     u, _ = torch_outputs(res.model, torch.from_numpy(x_all))
@@ -304,8 +304,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--local-scale", type=int, default=1, metavar="S",
                    help="attention methods only: input S times the dataset's size, branches at the dataset's "
                         "size, the crop taken from the full input (nih: 128 px in, 64 px branches)")
-    p.add_argument("--box-region", choices=("all", "peak"), default="all",
-                   help="attention methods: crop around all thresholded CAM pixels (default) or the peak's region")
     p.add_argument("--data-dir", default=None, help="folder with the .npz files (default ../shared/data or $MEDHASH_DATA)")
     a = p.parse_args(argv)
     if a.data_dir:
@@ -330,8 +328,6 @@ def main(argv: list[str] | None = None) -> int:
         tag += f"-mu{a.mu:g}"
     if a.local_scale > 1:
         tag += f"-ls{a.local_scale}"
-    if a.box_region != "all":
-        tag += f"-box{a.box_region}"
     if a.train_fraction < 1.0:
         tag += f"-tf{a.train_fraction:g}"
     if a.epochs or a.width:   # a budget moved to the other device: keep its runs apart (bf16 on GPUs)
@@ -350,7 +346,6 @@ def main(argv: list[str] | None = None) -> int:
                 job = dict(method=m, bits=b, seed=s, dataset=a.dataset, input_size=input_size, device=a.device,
                            threads=threads, path=path, loss_args=a.loss_args, mu=a.mu,
                            train_fraction=a.train_fraction, local_scale=a.local_scale,
-                           box_region=a.box_region,
                            **{k: budget[k] for k in ("width", "epochs", "batch_size", "lr")})
                 if os.path.exists(path):   # resume: a cached run counts when its settings match
                     try:
@@ -399,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table + note)
     if a.default_model_out:
         res = default_model(a.default_model_out, a.dataset, budget, a.device, input_size,
-                            local_scale=a.local_scale, box_region=a.box_region)
+                            local_scale=a.local_scale)
         print(json.dumps(res, indent=1))
     print(f"total {time.time() - t0:.0f} s", file=sys.stderr)
     return 0

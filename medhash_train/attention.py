@@ -61,7 +61,6 @@ class NetConfig:
     local: str = "shared"
     min_box: float = 0.4
     otsu_bins: int = OTSU_BINS
-    box_region: str = "all"          # "all" | "peak": which thresholded pixels the crop box holds
     local_scale: int = 1             # the input is this many times the branches' size (see AttentionHashNet)
     detach_cls: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -83,8 +82,6 @@ class NetConfig:
             raise ValueError(f"local_scale must be an integer >= 1, got {self.local_scale!r}")
         if self.local_scale > 1 and not self.use_local:
             raise ValueError("local_scale > 1 needs the local branch (use_local=True): it is where the detail goes")
-        if self.box_region not in ("all", "peak"):
-            raise ValueError(f"box_region must be 'all' or 'peak', got {self.box_region!r}")
         if self.otsu_bins < 2:
             raise ValueError(f"otsu_bins must be >= 2, got {self.otsu_bins}")
 
@@ -119,28 +116,11 @@ def _extent(any_along: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return lo, hi
 
 
-def peak_region(mask: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-    """The part of a (B, h, w) bool mask 8-connected to the attention peak: grown from the
-    argmax by 2 * max(h, w) masked 3 x 3 dilations (a fixed count, so it exports unrolled)."""
-    b, h, w = attn.shape
-    flat = attn.reshape(b, h * w)
-    seed = (flat >= flat.amax(1, keepdim=True)).float().reshape(b, 1, h, w)
-    m = mask.float().unsqueeze(1)
-    region = seed * m
-    for _ in range(2 * max(h, w)):
-        region = F.max_pool2d(region, 3, stride=1, padding=1) * m
-    return region.squeeze(1) > 0
-
-
-def attention_box(attn: torch.Tensor, bins: int, min_box: float, region: str = "all") -> torch.Tensor:
-    """Crop box (B, 4) = (scale_x, shift_x, scale_y, shift_y) in grid_sample coordinates.
-    region "all": around every pixel over the Otsu threshold; "peak": around the thresholded
-    region that holds the CAM's maximum (two lit lungs otherwise span the whole chest)."""
+def attention_box(attn: torch.Tensor, bins: int, min_box: float) -> torch.Tensor:
+    """Crop box (B, 4) = (scale_x, shift_x, scale_y, shift_y) in grid_sample coordinates."""
     b, h, w = attn.shape
     thr = otsu_threshold(attn.reshape(b, h * w), bins)
     mask = attn >= thr.view(b, 1, 1)
-    if region == "peak":
-        mask = peak_region(mask, attn)
     y0, y1 = _extent(mask.any(2))
     x0, x1 = _extent(mask.any(1))
     out = []
@@ -260,7 +240,7 @@ class AttentionHashNet(nn.Module):
         logits, probs, attn = self.cls(cls_in)
         g = feats[2].mean((2, 3))
         if self.config.use_local:
-            box = attention_box(attn.detach(), self.config.otsu_bins, self.config.min_box, self.config.box_region)
+            box = attention_box(attn.detach(), self.config.otsu_bins, self.config.min_box)
             identity = torch.tensor([1.0, 0.0, 1.0, 0.0], device=box.device, dtype=box.dtype)
             e = self.crop_enabled.to(box.dtype)
             box = e * box + (1.0 - e) * identity

@@ -54,8 +54,6 @@ def describe_backbone(cfg: NetConfig) -> str:
     local = f", local branch {cfg.local}" if cfg.use_local else ", global only"
     if cfg.local_scale > 1:
         local += f" cropping the full input, branches at 1/{cfg.local_scale} of it"
-    if cfg.use_local and cfg.box_region != "all":
-        local += f", crop box around the CAM's {cfg.box_region} region"
     return f"{cfg.backbone} width {cfg.width:g}, {cfg.stem} stem{local}"
 
 

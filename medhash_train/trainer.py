@@ -56,7 +56,6 @@ class TrainConfig:
     loss_args: dict[str, float] = field(default_factory=dict)   # overrides of the loss's constants
     mu: float = -1.0                 # classification loss weight; -1: the method's default
     local_scale: int = 1             # input_size / local_scale = what each branch sees (attention nets)
-    box_region: str = "all"          # attention crop around "all" thresholded CAM pixels or the "peak" region
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -69,8 +68,6 @@ class TrainConfig:
             raise ValueError(f"nbits must be a positive multiple of 8, got {self.nbits}")
         if self.local_scale < 1 or self.input_size % self.local_scale:
             raise ValueError(f"local_scale must be >= 1 and divide input_size ({self.input_size}), got {self.local_scale}")
-        if self.box_region not in ("all", "peak"):
-            raise ValueError(f"box_region must be 'all' or 'peak', got {self.box_region!r}")
         if self.local_scale > 1 and not METHODS[self.method].get("use_local"):
             raise ValueError(f"local_scale > 1 needs a method with the attention crop, not {self.method!r}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -103,8 +100,7 @@ def net_config_for(cfg: TrainConfig, num_labels: int) -> NetConfig:
     m = METHODS[cfg.method]
     return NetConfig(nbits=cfg.nbits, num_labels=num_labels, in_ch=cfg.channels, backbone=cfg.backbone,
                      width=cfg.width, stem=cfg.resolved_stem, use_local=bool(m.get("use_local")),
-                     detach_cls=bool(m.get("detach_cls", False)), local_scale=cfg.local_scale,
-                     box_region=cfg.box_region)
+                     detach_cls=bool(m.get("detach_cls", False)), local_scale=cfg.local_scale)
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

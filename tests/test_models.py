@@ -137,20 +137,3 @@ def test_local_scale_crops_the_full_resolution_input():
     with pytest.raises(ValueError, match="attention crop"):
         TrainConfig(method="dpsh", input_size=128, local_scale=2)
 
-
-def test_peak_region_box():
-    """box_region="peak": the box holds only the thresholded region connected to the CAM maximum."""
-    attn = torch.zeros(2, 8, 8)
-    attn[:, 1:4, 0:2] = 0.9          # left blob
-    attn[:, 5:7, 5:8] = 0.8          # right blob
-    attn[0, 2, 1] = 1.0              # image 0: peak in the left blob
-    attn[1, 6, 6] = 1.0              # image 1: peak in the right blob
-    whole = attention_box(attn, bins=32, min_box=0.1)
-    peak = attention_box(attn, bins=32, min_box=0.1, region="peak")
-    assert whole[0, 0] == pytest.approx(1.0) and whole[0, 2] == pytest.approx(6 / 8)   # spans both blobs
-    assert peak[0].tolist() == pytest.approx([2 / 8, 2 * (1 / 8) - 1, 3 / 8, 2 * (2.5 / 8) - 1])
-    assert peak[1].tolist() == pytest.approx([3 / 8, 2 * (6.5 / 8) - 1, 2 / 8, 2 * (6 / 8) - 1])
-    flat = torch.zeros(1, 8, 8)       # empty mask: whole image either way
-    assert attention_box(flat, 32, 0.4, region="peak")[0].tolist() == pytest.approx([1.0, 0.0, 1.0, 0.0])
-    with pytest.raises(ValueError, match="box_region"):
-        NetConfig(nbits=16, num_labels=4, box_region="middle")

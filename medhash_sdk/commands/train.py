@@ -30,9 +30,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--local-scale", type=int, default=1, metavar="S",
                    help="attention methods: the branches see input-size/S; the crop is taken from the full "
                         "input, so the local branch sees real detail (e.g. --input-size 128 --local-scale 2)")
-    p.add_argument("--box-region", choices=("all", "peak"), default="all",
-                   help="attention methods: crop around every CAM pixel over the Otsu threshold (default) "
-                        "or only around the region that holds the CAM's peak")
     p.add_argument("--channels", type=int, choices=(1, 3), default=1,
                    help="1: colour images converted to gray (default); 3: kept as RGB")
     p.add_argument("--epochs", type=int, default=20)
@@ -75,6 +72,6 @@ def run(args: argparse.Namespace) -> int:
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, backbone=args.backbone,
                       width=args.width, warmup_epochs=args.warmup_epochs, seed=args.seed, device=args.device,
                       backbone_weights=args.backbone_weights, progress=not args.no_progress,
-                      local_scale=args.local_scale, box_region=args.box_region)
+                      local_scale=args.local_scale)
     train_and_export(cfg, args.data, args.out, split_seed=args.split_seed, fractions=args.split_fractions)
     return 0
