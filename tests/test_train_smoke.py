@@ -70,3 +70,15 @@ def test_short_training_beats_untrained_network(tmp_path, capsys, one_thread):
     print(f"mAP@100 trained {res['map@100']:.4f} untrained {base:.4f}")
     assert res["map@100"] >= base + MARGIN, f"trained {res['map@100']:.4f} vs untrained {base:.4f}"
     assert np.isfinite(res["ndcg@100"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--bits", "12"], "multiple of 8"),
+    (["--method", "dpsh", "--local-scale", "2", "--input-size", "128"], "attention crop"),
+    (["--local-scale", "3", "--input-size", "64"], "divide input_size"),
+])
+def test_train_refuses_bad_options_in_one_line(tmp_path, capsys, args, message):
+    rc = main(["train", "--data", DATA, "--out", str(tmp_path / "run"), *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
