@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from . import __version__
@@ -51,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     except MedhashError as e:
         print(f"medhash {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except (ValueError, TypeError) as e:  # a bad argument or combination: the message says which
+        if os.environ.get("MEDHASH_DEBUG"):
+            raise
+        print(f"medhash {args.command}: error: {e} (MEDHASH_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 2
     except OSError as e:  # a missing file, a folder without permission, a full disk
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
         print(f"medhash {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)

@@ -180,3 +180,13 @@ def test_missing_files_are_clean_errors(tmp_path, capsys):
     assert "none.idx" in err and "Traceback" not in err
     assert main(["encode", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 1
     assert "nothing" in capsys.readouterr().err
+
+
+def test_bad_arguments_are_one_line_errors(capsys, monkeypatch):
+    """A ValueError from a command's argument checks is one line and exit 2, not a traceback."""
+    from medhash_sdk.cli import main as cli_main
+
+    monkeypatch.delenv("MEDHASH_DEBUG", raising=False)
+    rc = cli_main(["eval", "--model", "no.onnx", "--data", "no.npz", "--k", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--k must be >= 1" in err and "Traceback" not in err

@@ -68,14 +68,10 @@ def run(args: argparse.Namespace) -> int:
         if "torch" in str(e):
             return torch_missing("train")
         raise
-    try:
-        cfg = TrainConfig(method=args.method, nbits=args.bits, input_size=args.input_size, channels=args.channels,
-                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, backbone=args.backbone,
-                          width=args.width, warmup_epochs=args.warmup_epochs, seed=args.seed, device=args.device,
-                          backbone_weights=args.backbone_weights, progress=not args.no_progress,
-                          local_scale=args.local_scale)
-    except ValueError as e:   # a bad option or combination of options: say which, no traceback
-        print(f"medhash train: error: {e}", file=sys.stderr)
-        return 2
+    cfg = TrainConfig(method=args.method, nbits=args.bits, input_size=args.input_size, channels=args.channels,
+                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, backbone=args.backbone,
+                      width=args.width, warmup_epochs=args.warmup_epochs, seed=args.seed, device=args.device,
+                      backbone_weights=args.backbone_weights, progress=not args.no_progress,
+                      local_scale=args.local_scale)
     train_and_export(cfg, args.data, args.out, split_seed=args.split_seed, fractions=args.split_fractions)
     return 0
