@@ -211,8 +211,6 @@ def build_table(results: list[dict[str, Any]], fixed: dict[str, dict[str, float]
 def default_model(out: str, dataset: str, budget: dict[str, Any], device: str, input_size: int,
                   **net_options: Any) -> dict[str, Any]:
     """Train the shipped model through `medhash train`'s code path, export it, evaluate the ONNX file."""
-    import torch
-
     from medhash_train.pipeline import CHECKPOINT_NAME, train_and_export
     from medhash_train.trainer import TrainConfig
 
