@@ -49,9 +49,9 @@ DATASETS = {
     "pneumoniamnist": ["pneumoniamnist.npz"],
 }
 INPUT_SIZE = {"nih": 64, "pneumoniamnist": 28}
-METHODS = ["attention", "ablation-global", "ablation-crop", "dsh", "dpsh", "hashnet", "dch", "csq", "dtsh",
+METHODS = ["attention", "ablation-global", "ablation-crop", "attention-dch", "dsh", "dpsh", "hashnet", "dch", "csq", "dtsh",
            "idhn", "dfh", "dpn", "orthohash"]
-CROP_METHODS = {"attention", "ablation-crop"}
+CROP_METHODS = {"attention", "ablation-crop", "attention-dch"}
 ABLATION_NAMES = {"ablation-global": "global only (pair loss, no crop)",
                   "ablation-crop": "+ attention crop (unweighted)",
                   "attention": "+ pair weighting = paper method"}

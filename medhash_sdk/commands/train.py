@@ -23,8 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=".npz (MedMNIST or images+labels+patient_id), a CSV label table or a folder "
                         "holding one; several are combined and deduplicated by image id")
     p.add_argument("--method", default="attention",
-                   help="attention (the paper's), ablation-global, ablation-crop, dsh, dpsh, hashnet, dch, "
-                        "csq, dtsh, idhn, dfh, dpn, orthohash (default attention)")
+                   help="attention (the paper's), ablation-global, ablation-crop, attention-dch (the paper's "
+                        "network with DCH's pair loss), dsh, dpsh, hashnet, dch, csq, dtsh, idhn, dfh, dpn, "
+                        "orthohash (default attention)")
     p.add_argument("--bits", type=int, default=64, help="code length, a multiple of 8 (default 64)")
     p.add_argument("--input-size", type=int, default=64, help="network input side in pixels (default 64)")
     p.add_argument("--local-scale", type=int, default=1, metavar="S",
