@@ -1,7 +1,7 @@
 """The `medhash` command. Each subcommand lives in medhash_sdk/commands/<name>.py with
 `register(subparsers)` (argument parsing only, cheap imports) and `run(args) -> int`.
-Commands that need torch (train, eval, export) import the training package inside run(),
-with an install hint when torch is missing.
+Commands that need torch (train, eval, export) import the training package inside run();
+main() turns a missing optional dependency (torch, onnxruntime, ray, ...) into its install hint.
 """
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ import sys
 
 from . import __version__
 from .exceptions import MedhashError
+
+TRAINING_HINT = ("medhash {cmd} needs the training extra (torch): pip install torch==2.13.0 && "
+                 "pip install 'medhash-sdk[train]'")
 
 # command name -> module under medhash_sdk.commands
 COMMANDS = {
@@ -52,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     except MedhashError as e:
         print(f"medhash {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except ImportError as e:  # an optional dependency is missing: say what to install
+        torch_missing = e.name == "torch" or "torch" in str(e)
+        print(TRAINING_HINT.format(cmd=args.command) if torch_missing else f"medhash {args.command}: error: {e}",
+              file=sys.stderr)
+        return 2
     except (ValueError, TypeError) as e:  # a bad argument or combination: the message says which
         if os.environ.get("MEDHASH_DEBUG"):
             raise

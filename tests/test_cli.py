@@ -190,3 +190,18 @@ def test_bad_arguments_are_one_line_errors(capsys, monkeypatch):
     rc = cli_main(["eval", "--model", "no.onnx", "--data", "no.npz", "--k", "0"])
     err = capsys.readouterr().err
     assert rc == 2 and "--k must be >= 1" in err and "Traceback" not in err
+
+
+def test_training_commands_without_torch_print_the_install_hint(capsys, monkeypatch):
+    """train / eval / export import the training package lazily; without torch cli.main says
+    what to install (exit 2) instead of a traceback."""
+    import sys
+
+    from medhash_sdk.cli import main as cli_main
+
+    for name in [m for m in sys.modules if m == "medhash_train" or m.startswith("medhash_train.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "torch", None)     # import torch -> ImportError(name="torch")
+    rc = cli_main(["export", "ck.pt", "--out", "m.onnx"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "pip install torch==2.13.0" in err and "medhash export" in err

@@ -32,14 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
-    try:
-        from medhash_train.pipeline import evaluate_file
-    except ImportError as e:
-        if "torch" in str(e):
-            from .train import torch_missing
-
-            return torch_missing("eval")
-        raise
+    from medhash_train.pipeline import evaluate_file   # needs torch: cli.main gives the install hint
     res = evaluate_file(args.model, args.data, split=args.split, k=args.k,
                         seeds=tuple(range(max(1, args.tie_seeds))), batch_size=args.batch_size)
     if args.json:

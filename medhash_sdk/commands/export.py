@@ -15,14 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        from medhash_train.onnx_export import export_checkpoint
-    except ImportError as e:
-        if "torch" in str(e):
-            from .train import torch_missing
-
-            return torch_missing("export")
-        raise
+    from medhash_train.onnx_export import export_checkpoint   # needs torch: cli.main gives the install hint
     card = export_checkpoint(args.checkpoint, args.out)
     print(f"wrote {args.out}: {card.method}, {card.nbits} bits, {card.input_size} px, fingerprint {card.fingerprint}")
     return 0

@@ -3,15 +3,6 @@ the validation split, write DIR/checkpoint.pt, DIR/model.onnx and DIR/train_log.
 from __future__ import annotations
 
 import argparse
-import sys
-
-INSTALL_HINT = ("medhash {cmd} needs the training extra (torch): pip install torch==2.13.0 && "
-                "pip install 'medhash-sdk[train]'")
-
-
-def torch_missing(cmd: str) -> int:
-    print(INSTALL_HINT.format(cmd=cmd), file=sys.stderr)
-    return 2
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,13 +53,8 @@ def _fractions(text: str) -> tuple[float, float, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        from medhash_train.pipeline import train_and_export
-        from medhash_train.trainer import TrainConfig
-    except ImportError as e:
-        if "torch" in str(e):
-            return torch_missing("train")
-        raise
+    from medhash_train.pipeline import train_and_export   # needs torch: cli.main gives the install hint
+    from medhash_train.trainer import TrainConfig
     cfg = TrainConfig(method=args.method, nbits=args.bits, input_size=args.input_size, channels=args.channels,
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, backbone=args.backbone,
                       width=args.width, warmup_epochs=args.warmup_epochs, seed=args.seed, device=args.device,
