@@ -44,6 +44,7 @@ from torch import nn
 from .backbones import BACKBONES, STEMS, build_backbone
 
 OTSU_BINS = 32
+BOX_RULES = ("extent", "moments")
 KRON_RESIZE_MAX = 1 << 18   # weight-matrix elements up to which an exported resize is one product
 
 
@@ -61,6 +62,7 @@ class NetConfig:
     local: str = "shared"
     min_box: float = 0.4
     otsu_bins: int = OTSU_BINS
+    box: str = "extent"              # "extent": the mask's bounding box; "moments": see attention_box
     local_scale: int = 1             # the input is this many times the branches' size (see AttentionHashNet)
     detach_cls: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -82,6 +84,8 @@ class NetConfig:
             raise ValueError(f"local_scale must be an integer >= 1, got {self.local_scale!r}")
         if self.local_scale > 1 and not self.use_local:
             raise ValueError("local_scale > 1 needs the local branch (use_local=True): it is where the detail goes")
+        if self.box not in BOX_RULES:
+            raise ValueError(f"box must be one of {BOX_RULES}, got {self.box!r}")
         if self.otsu_bins < 2:
             raise ValueError(f"otsu_bins must be >= 2, got {self.otsu_bins}")
 
@@ -116,13 +120,41 @@ def _extent(any_along: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return lo, hi
 
 
-def attention_box(attn: torch.Tensor, bins: int, min_box: float) -> torch.Tensor:
-    """Crop box (B, 4) = (scale_x, shift_x, scale_y, shift_y) in grid_sample coordinates."""
+def _moment_extent(mass: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lo, hi) of a (B, L) non-negative mass over L cells along a line, each cell's mass spread
+    evenly over its width: centre = the mean, side = sqrt(12) x the standard deviation (so a
+    uniform mass over [lo, hi] gives exactly [lo, hi]); the whole range where the mass is 0."""
+    n = mass.shape[1]
+    pos = (torch.arange(n, device=mass.device, dtype=mass.dtype) + 0.5) / n
+    total = mass.sum(1)
+    has = total > 0
+    m = mass / torch.where(has, total, torch.ones_like(total)).unsqueeze(1)
+    centre = (m * pos).sum(1)
+    var = (m * (pos - centre.unsqueeze(1)) ** 2).sum(1) + 1.0 / (12.0 * n * n)   # + a cell's own spread
+    side = torch.sqrt(12.0 * var)
+    lo = torch.where(has, centre - 0.5 * side, torch.zeros_like(centre))
+    hi = torch.where(has, centre + 0.5 * side, torch.ones_like(centre))
+    return lo.clamp(0.0, 1.0), hi.clamp(0.0, 1.0)
+
+
+def attention_box(attn: torch.Tensor, bins: int, min_box: float, rule: str = "extent") -> torch.Tensor:
+    """Crop box (B, 4) = (scale_x, shift_x, scale_y, shift_y) in grid_sample coordinates.
+
+    rule "extent": the rows/columns holding a cell at or above the Otsu threshold (the paper's
+    bounding box; a cell crossing the threshold moves an edge by a whole cell, so a barely
+    changed image can get a very different crop). "moments": the box of the CAM mass above the
+    threshold, relu(A - t), from its mean and spread per axis; a continuous function of A.
+    """
     b, h, w = attn.shape
     thr = otsu_threshold(attn.reshape(b, h * w), bins)
-    mask = attn >= thr.view(b, 1, 1)
-    y0, y1 = _extent(mask.any(2))
-    x0, x1 = _extent(mask.any(1))
+    if rule == "moments":
+        above = torch.relu(attn - thr.view(b, 1, 1))
+        y0, y1 = _moment_extent(above.sum(2))
+        x0, x1 = _moment_extent(above.sum(1))
+    else:
+        mask = attn >= thr.view(b, 1, 1)
+        y0, y1 = _extent(mask.any(2))
+        x0, x1 = _extent(mask.any(1))
     out = []
     for lo, hi in ((x0, x1), (y0, y1)):
         size = torch.clamp(hi - lo, min=min_box)
@@ -240,7 +272,7 @@ class AttentionHashNet(nn.Module):
         logits, probs, attn = self.cls(cls_in)
         g = feats[2].mean((2, 3))
         if self.config.use_local:
-            box = attention_box(attn.detach(), self.config.otsu_bins, self.config.min_box)
+            box = attention_box(attn.detach(), self.config.otsu_bins, self.config.min_box, self.config.box)
             identity = torch.tensor([1.0, 0.0, 1.0, 0.0], device=box.device, dtype=box.dtype)
             e = self.crop_enabled.to(box.dtype)
             box = e * box + (1.0 - e) * identity

@@ -50,7 +50,7 @@ def crop_statistics(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 5
     with torch.no_grad():
         for s in range(0, x.shape[0], batch_size):
             _, _, attn = model(x[s:s + batch_size].to(dev))
-            boxes.append(attention_box(attn.float(), cfg.otsu_bins, cfg.min_box).cpu())
+            boxes.append(attention_box(attn.float(), cfg.otsu_bins, cfg.min_box, cfg.box).cpu())
     model.train(was_training)
     b = torch.cat(boxes).numpy()
     area = b[:, 0] * b[:, 2]

@@ -56,6 +56,7 @@ class TrainConfig:
     loss_args: dict[str, float] = field(default_factory=dict)   # overrides of the loss's constants
     mu: float = -1.0                 # classification loss weight; -1: the method's default
     local_scale: int = 1             # input_size / local_scale = what each branch sees (attention nets)
+    box: str = "extent"              # crop box rule of the attention nets (attention.BOX_RULES)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -100,7 +101,8 @@ def net_config_for(cfg: TrainConfig, num_labels: int) -> NetConfig:
     m = METHODS[cfg.method]
     return NetConfig(nbits=cfg.nbits, num_labels=num_labels, in_ch=cfg.channels, backbone=cfg.backbone,
                      width=cfg.width, stem=cfg.resolved_stem, use_local=bool(m.get("use_local")),
-                     detach_cls=bool(m.get("detach_cls", False)), local_scale=cfg.local_scale)
+                     detach_cls=bool(m.get("detach_cls", False)), local_scale=cfg.local_scale,
+                     box=cfg.box)
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

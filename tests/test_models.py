@@ -55,6 +55,35 @@ def test_box_from_mask_min_size_and_empty_fallback():
     assert box[1].tolist() == pytest.approx([1.0, 0.0, 1.0, 0.0])
 
 
+def test_moments_box_covers_a_uniform_blob_exactly_and_falls_back_like_extent():
+    attn = torch.zeros(2, 8, 8)
+    attn[0, 2:6, 1:4] = 1.0                      # rows 2-5, columns 1-3
+    moments = attention_box(attn, bins=32, min_box=0.1, rule="moments")
+    extent = attention_box(attn, bins=32, min_box=0.1, rule="extent")
+    assert torch.allclose(moments, extent, atol=1e-6)
+    assert moments[0].tolist() == pytest.approx([3 / 8, 2 * (2.5 / 8) - 1, 4 / 8, 2 * (4 / 8) - 1], abs=1e-6)
+    assert moments[1].tolist() == pytest.approx([1.0, 0.0, 1.0, 0.0])        # flat map: whole image
+
+
+def test_moments_box_moves_less_than_the_bounding_box_when_a_far_cell_lights_up():
+    """A far cell brightening slightly (0.27 -> 0.29) crosses the Otsu threshold: the bounding
+    box jumps to the whole image; the moments box, continuous in the map between threshold
+    jumps, moves a third as far."""
+    yy, xx = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    base = torch.exp(-((yy - 2) ** 2 + (xx - 2) ** 2) / (2 * 1.5 ** 2)).unsqueeze(0)   # a blob, upper left
+    before, after = base.clone(), base.clone()
+    before[0, 7, 7], after[0, 7, 7] = 0.27, 0.29
+    jump = {r: (attention_box(after, 32, 0.1, r) - attention_box(before, 32, 0.1, r)).abs().max().item()
+            for r in ("extent", "moments")}
+    assert attention_box(after, 32, 0.1, "extent")[0].tolist() == pytest.approx([1.0, 0.0, 1.0, 0.0])
+    assert jump["extent"] > 0.3 and jump["moments"] < jump["extent"] / 3, jump
+
+
+def test_box_rule_is_checked():
+    with pytest.raises(ValueError, match="box must be one of"):
+        NetConfig(nbits=16, num_labels=3, box="peak")
+
+
 def test_crop_identity_and_box():
     x = torch.arange(64.0).view(1, 1, 8, 8)
     ident = crop_resize(x, torch.tensor([[1.0, 0.0, 1.0, 0.0]]))
