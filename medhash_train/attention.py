@@ -63,6 +63,7 @@ class NetConfig:
     min_box: float = 0.4
     otsu_bins: int = OTSU_BINS
     box: str = "extent"              # "extent": the mask's bounding box; "moments": see attention_box
+    box_jitter: float = 0.0          # training only: box edges moved by up to this many CAM cells
     local_scale: int = 1             # the input is this many times the branches' size (see AttentionHashNet)
     detach_cls: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -86,6 +87,8 @@ class NetConfig:
             raise ValueError("local_scale > 1 needs the local branch (use_local=True): it is where the detail goes")
         if self.box not in BOX_RULES:
             raise ValueError(f"box must be one of {BOX_RULES}, got {self.box!r}")
+        if not 0.0 <= self.box_jitter <= 4.0:
+            raise ValueError(f"box_jitter is in CAM cells, 0 to 4, got {self.box_jitter}")
         if self.otsu_bins < 2:
             raise ValueError(f"otsu_bins must be >= 2, got {self.otsu_bins}")
 
@@ -155,12 +158,30 @@ def attention_box(attn: torch.Tensor, bins: int, min_box: float, rule: str = "ex
         mask = attn >= thr.view(b, 1, 1)
         y0, y1 = _extent(mask.any(2))
         x0, x1 = _extent(mask.any(1))
+    return _box_from_edges(x0, x1, y0, y1, min_box)
+
+
+def _box_from_edges(x0: torch.Tensor, x1: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor,
+                    min_box: float) -> torch.Tensor:
+    """(B, 4) grid_sample box from edges in [0, 1]: sides at least min_box, kept inside the image."""
     out = []
     for lo, hi in ((x0, x1), (y0, y1)):
-        size = torch.clamp(hi - lo, min=min_box)
+        size = torch.clamp(hi - lo, min=min_box, max=1.0)
         centre = torch.minimum(torch.maximum((lo + hi) * 0.5, size * 0.5), 1.0 - size * 0.5)
         out += [size, 2.0 * centre - 1.0]
     return torch.stack(out, 1)
+
+
+def jitter_box(box: torch.Tensor, shift: float, min_box: float) -> torch.Tensor:
+    """Training-time box augmentation: every edge moved by U(-shift, shift) (fractions of the
+    image), so the local branch learns codes that survive a box edge moving by a CAM cell, as it
+    does when a cell crosses the Otsu threshold between two copies of one image."""
+    sx, tx, sy, ty = box.unbind(1)
+    d = (torch.rand(box.shape[0], 4, device=box.device, dtype=box.dtype) * 2.0 - 1.0) * shift
+    cx, cy = (tx + 1.0) * 0.5, (ty + 1.0) * 0.5
+    x0, x1 = (cx - sx * 0.5 + d[:, 0]).clamp(0.0, 1.0), (cx + sx * 0.5 + d[:, 1]).clamp(0.0, 1.0)
+    y0, y1 = (cy - sy * 0.5 + d[:, 2]).clamp(0.0, 1.0), (cy + sy * 0.5 + d[:, 3]).clamp(0.0, 1.0)
+    return _box_from_edges(x0, x1, y0, y1, min_box)
 
 
 def bilinear_weights(src: torch.Tensor, n_in: int) -> torch.Tensor:
@@ -273,6 +294,8 @@ class AttentionHashNet(nn.Module):
         g = feats[2].mean((2, 3))
         if self.config.use_local:
             box = attention_box(attn.detach(), self.config.otsu_bins, self.config.min_box, self.config.box)
+            if self.training and self.config.box_jitter > 0:     # module state, not data: export is eval
+                box = jitter_box(box, self.config.box_jitter / attn.shape[-1], self.config.min_box)
             identity = torch.tensor([1.0, 0.0, 1.0, 0.0], device=box.device, dtype=box.dtype)
             e = self.crop_enabled.to(box.dtype)
             box = e * box + (1.0 - e) * identity

@@ -57,6 +57,7 @@ class TrainConfig:
     mu: float = -1.0                 # classification loss weight; -1: the method's default
     local_scale: int = 1             # input_size / local_scale = what each branch sees (attention nets)
     box: str = "extent"              # crop box rule of the attention nets (attention.BOX_RULES)
+    box_jitter: float = 0.0          # training-time box edge jitter, in CAM cells (attention nets)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -102,7 +103,7 @@ def net_config_for(cfg: TrainConfig, num_labels: int) -> NetConfig:
     return NetConfig(nbits=cfg.nbits, num_labels=num_labels, in_ch=cfg.channels, backbone=cfg.backbone,
                      width=cfg.width, stem=cfg.resolved_stem, use_local=bool(m.get("use_local")),
                      detach_cls=bool(m.get("detach_cls", False)), local_scale=cfg.local_scale,
-                     box=cfg.box)
+                     box=cfg.box, box_jitter=cfg.box_jitter)
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -5,7 +5,7 @@ torch = pytest.importorskip("torch")
 
 from unittest import mock  # noqa: E402
 
-from medhash_train.attention import (NetConfig, attention_box, build_model, crop_resize, otsu_threshold,  # noqa: E402
+from medhash_train.attention import (NetConfig, attention_box, build_model, crop_resize, jitter_box, otsu_threshold,  # noqa: E402
                                      resize_bilinear)
 from medhash_train.backbones import build_backbone, load_backbone_weights  # noqa: E402
 
@@ -77,6 +77,21 @@ def test_moments_box_moves_less_than_the_bounding_box_when_a_far_cell_lights_up(
             for r in ("extent", "moments")}
     assert attention_box(after, 32, 0.1, "extent")[0].tolist() == pytest.approx([1.0, 0.0, 1.0, 0.0])
     assert jump["extent"] > 0.3 and jump["moments"] < jump["extent"] / 3, jump
+
+
+def test_box_jitter_keeps_boxes_valid_and_only_acts_in_training():
+    torch.manual_seed(0)
+    box = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.4, -0.6, 0.4, 0.6], [0.5, 0.2, 0.7, -0.1]]).repeat(200, 1)
+    j = jitter_box(box, shift=0.125, min_box=0.4)
+    size, centre = j[:, 0::2], (j[:, 1::2] + 1) / 2
+    assert float(size.min()) >= 0.4 - 1e-6 and float(size.max()) <= 1.0 + 1e-6
+    assert float((centre - size / 2).min()) >= -1e-6 and float((centre + size / 2).max()) <= 1.0 + 1e-6
+    assert 0 < float((j - box).abs().max()) <= 0.25 + 1e-6            # edges move, at most a cell each
+    net = build_model(NetConfig(nbits=16, num_labels=3, width=0.125, box_jitter=1.0))
+    x = torch.randn(2, 1, 64, 64)
+    net.eval()
+    with torch.no_grad():
+        assert torch.equal(net(x)[0], net(x)[0])                       # eval (and export): no jitter
 
 
 def test_box_rule_is_checked():
