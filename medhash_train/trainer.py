@@ -72,6 +72,10 @@ class TrainConfig:
             raise ValueError(f"local_scale must be >= 1 and divide input_size ({self.input_size}), got {self.local_scale}")
         if self.local_scale > 1 and not METHODS[self.method].get("use_local"):
             raise ValueError(f"local_scale > 1 needs a method with the attention crop, not {self.method!r}")
+        if self.box_jitter < 0:
+            raise ValueError(f"box_jitter is a number of attention-map cells >= 0, got {self.box_jitter}")
+        if self.box_jitter > 0 and not METHODS[self.method].get("use_local"):
+            raise ValueError(f"box_jitter > 0 needs a method with the attention crop, not {self.method!r}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
 

@@ -22,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--local-scale", type=int, default=1, metavar="S",
                    help="attention methods: the branches see input-size/S; the crop is taken from the full "
                         "input, so the local branch sees real detail (e.g. --input-size 128 --local-scale 2)")
+    p.add_argument("--box-jitter", type=float, default=0.0, metavar="CELLS",
+                   help="attention methods: move the crop box's edges by up to this many attention-map cells "
+                        "while training, so codes survive a box edge shifting by a cell (default 0)")
     p.add_argument("--channels", type=int, choices=(1, 3), default=1,
                    help="1: colour images converted to gray (default); 3: kept as RGB")
     p.add_argument("--epochs", type=int, default=20)
@@ -59,6 +62,6 @@ def run(args: argparse.Namespace) -> int:
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, backbone=args.backbone,
                       width=args.width, warmup_epochs=args.warmup_epochs, seed=args.seed, device=args.device,
                       backbone_weights=args.backbone_weights, progress=not args.no_progress,
-                      local_scale=args.local_scale)
+                      local_scale=args.local_scale, box_jitter=args.box_jitter)
     train_and_export(cfg, args.data, args.out, split_seed=args.split_seed, fractions=args.split_fractions)
     return 0
