@@ -61,8 +61,8 @@ BUDGETS = {
     "cuda": dict(width=0.5, epochs=30, batch_size=64, lr=1e-3, workers=8),
 }
 _SAME = ("method", "bits", "seed", "dataset", "input_size", "device", "width", "epochs", "batch_size", "lr",
-         "loss_args", "mu", "train_fraction", "local_scale", "box_jitter")
-_SAME_DEFAULTS = {"train_fraction": 1.0, "local_scale": 1, "box_jitter": 0.0}      # settings added later: what older cached runs used
+         "loss_args", "mu", "train_fraction", "local_scale", "box_jitter", "min_evidence")
+_SAME_DEFAULTS = {"train_fraction": 1.0, "local_scale": 1, "box_jitter": 0.0, "min_evidence": 0.0}      # settings added later: what older cached runs used
 T975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}
 
 
@@ -113,7 +113,8 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     cfg = TrainConfig(method=job["method"], nbits=job["bits"], input_size=job["input_size"], epochs=job["epochs"],
                       batch_size=job["batch_size"], lr=job["lr"], width=job["width"], seed=job["seed"],
                       device=job["device"], progress=False, loss_args=job.get("loss_args", {}), mu=job.get("mu", -1.0),
-                      local_scale=job.get("local_scale", 1), box_jitter=job.get("box_jitter", 0.0))
+                      local_scale=job.get("local_scale", 1), box_jitter=job.get("box_jitter", 0.0),
+                      min_evidence=job.get("min_evidence", 0.0))
     trained_on = fewer_training_patients(ds, job.get("train_fraction", 1.0))
     res = train(cfg, trained_on, log=lambda s: None, x_all=x_all)
     u, _ = torch_outputs(res.model, torch.from_numpy(x_all))
@@ -305,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
                         "size, the crop taken from the full input (nih: 128 px in, 64 px branches)")
     p.add_argument("--box-jitter", type=float, default=0.0, metavar="CELLS",
                    help="attention methods: training-time crop box jitter, in attention-map cells (default 0)")
+    p.add_argument("--min-evidence", type=float, default=0.0, metavar="R",
+                   help="attention methods: crop blended to the whole image below this CAM evidence (default 0)")
     p.add_argument("--data-dir", default=None, help="folder with the .npz files (default ../shared/data or $MEDHASH_DATA)")
     a = p.parse_args(argv)
     if a.data_dir:
@@ -322,8 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     input_size = INPUT_SIZE[a.dataset] * a.local_scale
     if a.local_scale > 1 and set(a.methods) - CROP_METHODS:
         p.error(f"--local-scale > 1 needs methods with the attention crop: {sorted(CROP_METHODS)}")
-    if a.box_jitter > 0 and set(a.methods) - CROP_METHODS:
-        p.error(f"--box-jitter needs methods with the attention crop: {sorted(CROP_METHODS)}")
+    if (a.box_jitter > 0 or a.min_evidence > 0) and set(a.methods) - CROP_METHODS:
+        p.error(f"--box-jitter / --min-evidence need methods with the attention crop: {sorted(CROP_METHODS)}")
     tag = f"{a.dataset}-{input_size}px-w{budget['width']:g}-e{budget['epochs']}-b{budget['batch_size']}-lr{budget['lr']:g}"
     if a.loss_args:
         tag += "-" + "-".join(f"{k}{v:g}" for k, v in sorted(a.loss_args.items()))
@@ -335,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         tag += f"-tf{a.train_fraction:g}"
     if a.box_jitter > 0:
         tag += f"-bj{a.box_jitter:g}"
+    if a.min_evidence > 0:
+        tag += f"-ev{a.min_evidence:g}"
     if a.epochs or a.width:   # a budget moved to the other device: keep its runs apart (bf16 on GPUs)
         tag += f"-{a.device}"
     outdir = os.path.join(a.results, tag)
@@ -351,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
                 job = dict(method=m, bits=b, seed=s, dataset=a.dataset, input_size=input_size, device=a.device,
                            threads=threads, path=path, loss_args=a.loss_args, mu=a.mu,
                            train_fraction=a.train_fraction, local_scale=a.local_scale, box_jitter=a.box_jitter,
+                           min_evidence=a.min_evidence,
                            **{k: budget[k] for k in ("width", "epochs", "batch_size", "lr")})
                 if os.path.exists(path):   # resume: a cached run counts when its settings match
                     try:
@@ -399,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table + note)
     if a.default_model_out:
         res = default_model(a.default_model_out, a.dataset, budget, a.device, input_size,
-                            local_scale=a.local_scale, box_jitter=a.box_jitter)
+                            local_scale=a.local_scale, box_jitter=a.box_jitter, min_evidence=a.min_evidence)
         print(json.dumps(res, indent=1))
     print(f"total {time.time() - t0:.0f} s", file=sys.stderr)
     return 0

@@ -15,6 +15,15 @@ Our decisions where the paper is silent (documented in the README's method notes
 - Box: rows/columns holding a mask pixel; minimum side `min_box` (fraction of the image,
   default 0.4, centred on the box and kept inside the image); an empty mask (a flat CAM)
   falls back to the whole image. No gradient flows through the box coordinates.
+  box="moments" (an option) takes the box from the mean and spread of the CAM mass above the
+  threshold instead: continuous in the map, it zoomed more and scored lower on validation.
+  box_jitter (training only, in CAM cells) moves the box edges at random, so the codes survive
+  a cell crossing the threshold between two copies of one image (1024 px file vs 256 px copy).
+  min_evidence m (option): the CAM's positive peak over the largest magnitude of the signed map
+  (before the ReLU) is its evidence r; the crop is blended with the whole image by min(1, r/m).
+  Min-max normalisation turns a CAM with no real positive evidence (peak ~1e-3 of its scale, 5-10%
+  of NIH test images) into amplified noise whose Otsu box lands anywhere; the blend sends such
+  images to the whole image, continuously in r.
 - Crop: a sampling grid built from the box (scale + shift of the output pixel centres) and
   grid_sample (bilinear), resized to the input size; everything static but the batch. The
   exported graph writes this crop and the pyramid's upsampling as matrix products (same
@@ -64,6 +73,7 @@ class NetConfig:
     otsu_bins: int = OTSU_BINS
     box: str = "extent"              # "extent": the mask's bounding box; "moments": see attention_box
     box_jitter: float = 0.0          # training only: box edges moved by up to this many CAM cells
+    min_evidence: float = 0.0        # crop weight = min(1, CAM evidence / this); 0: always the full crop
     local_scale: int = 1             # the input is this many times the branches' size (see AttentionHashNet)
     detach_cls: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -89,6 +99,8 @@ class NetConfig:
             raise ValueError(f"box must be one of {BOX_RULES}, got {self.box!r}")
         if not 0.0 <= self.box_jitter <= 4.0:
             raise ValueError(f"box_jitter is in CAM cells, 0 to 4, got {self.box_jitter}")
+        if not 0.0 <= self.min_evidence <= 1.0:
+            raise ValueError(f"min_evidence is a fraction in [0, 1], got {self.min_evidence}")
         if self.otsu_bins < 2:
             raise ValueError(f"otsu_bins must be >= 2, got {self.otsu_bins}")
 
@@ -251,13 +263,17 @@ class ClassificationBranch(nn.Module):
         probs = torch.sigmoid(logits)
         # CAM weighted by the predicted probabilities (forward-only Grad-CAM of a GAP+linear head)
         w = probs.detach().float() @ self.fc.weight.detach().float()                 # (B, D)
-        cam = F.relu(torch.einsum("bd,bdhw->bhw", w, fmap.detach().float()))
+        signed = torch.einsum("bd,bdhw->bhw", w, fmap.detach().float())
+        cam = F.relu(signed)
         b = cam.shape[0]
         flat = cam.reshape(b, -1)
         lo = flat.amin(1).view(b, 1, 1)
         hi = flat.amax(1).view(b, 1, 1)
         attn = (cam - lo) / torch.clamp(hi - lo, min=1e-6)
-        return logits, probs, attn
+        # positive evidence: the CAM's peak over the signed map's largest magnitude, in [0, 1]
+        # (near 0 when the normalised map is only amplified noise)
+        evidence = flat.amax(1) / torch.clamp(signed.reshape(b, -1).abs().amax(1), min=1e-12)
+        return logits, probs, attn, evidence
 
 
 class AttentionHashNet(nn.Module):
@@ -280,6 +296,26 @@ class AttentionHashNet(nn.Module):
     def set_crop(self, enabled: bool) -> None:
         self.crop_enabled.fill_(1.0 if enabled else 0.0)
 
+    def crop_box(self, attn: torch.Tensor, evidence: torch.Tensor) -> torch.Tensor:
+        """The (B, 4) box the local branch crops: the attention box (jittered in training),
+        blended with the whole image while the crop is off (warm-up) or the evidence is weak."""
+        c = self.config
+        box = attention_box(attn.detach(), c.otsu_bins, c.min_box, c.box)
+        if self.training and c.box_jitter > 0:     # module state, not data: export is eval
+            box = jitter_box(box, c.box_jitter / attn.shape[-1], c.min_box)
+        identity = torch.tensor([1.0, 0.0, 1.0, 0.0], device=box.device, dtype=box.dtype)
+        e = self.crop_enabled.to(box.dtype)
+        if c.min_evidence > 0:   # weak evidence: towards the whole image, continuously
+            e = e * torch.clamp(evidence / c.min_evidence, max=1.0).unsqueeze(1).to(box.dtype)
+        return e * box + (1.0 - e) * identity
+
+    def boxes(self, x: torch.Tensor) -> torch.Tensor:
+        """The crop boxes of a batch (what the local branch sees), for statistics and viewers."""
+        s = self.config.local_scale
+        feats = self.backbone(x if s == 1 else F.avg_pool2d(x, s))
+        _, _, attn, evidence = self.cls(feats)
+        return self.crop_box(attn, evidence)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         u, probs, attn, _ = self.forward_all(x)
         return u, probs, attn
@@ -290,15 +326,10 @@ class AttentionHashNet(nn.Module):
         xg = x if s == 1 else F.avg_pool2d(x, s)      # the global view: the input averaged over s x s blocks
         feats = self.backbone(xg)
         cls_in = tuple(f.detach() for f in feats) if self.config.detach_cls else feats
-        logits, probs, attn = self.cls(cls_in)
+        logits, probs, attn, evidence = self.cls(cls_in)
         g = feats[2].mean((2, 3))
         if self.config.use_local:
-            box = attention_box(attn.detach(), self.config.otsu_bins, self.config.min_box, self.config.box)
-            if self.training and self.config.box_jitter > 0:     # module state, not data: export is eval
-                box = jitter_box(box, self.config.box_jitter / attn.shape[-1], self.config.min_box)
-            identity = torch.tensor([1.0, 0.0, 1.0, 0.0], device=box.device, dtype=box.dtype)
-            e = self.crop_enabled.to(box.dtype)
-            box = e * box + (1.0 - e) * identity
+            box = self.crop_box(attn, evidence)
             crop = crop_resize(x, box, (xg.shape[-2], xg.shape[-1]))   # from the full-resolution input
             local_net = self.backbone if self.local_backbone is None else self.local_backbone
             g = torch.cat([g, local_net(crop)[2].mean((2, 3))], 1)

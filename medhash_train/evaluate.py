@@ -40,8 +40,6 @@ def torch_outputs(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512
 def crop_statistics(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512) -> dict[str, float]:
     """How much the attention crop zooms: the boxes' area as a fraction of the image (mean,
     median), the share of images cropped to the whole image (no zoom) and to the minimum box."""
-    from .attention import attention_box
-
     cfg = model.config
     was_training = model.training
     model.eval()
@@ -49,8 +47,7 @@ def crop_statistics(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 5
     boxes = []
     with torch.no_grad():
         for s in range(0, x.shape[0], batch_size):
-            _, _, attn = model(x[s:s + batch_size].to(dev))
-            boxes.append(attention_box(attn.float(), cfg.otsu_bins, cfg.min_box, cfg.box).cpu())
+            boxes.append(model.boxes(x[s:s + batch_size].to(dev)).float().cpu())
     model.train(was_training)
     b = torch.cat(boxes).numpy()
     area = b[:, 0] * b[:, 2]

@@ -58,6 +58,7 @@ class TrainConfig:
     local_scale: int = 1             # input_size / local_scale = what each branch sees (attention nets)
     box: str = "extent"              # crop box rule of the attention nets (attention.BOX_RULES)
     box_jitter: float = 0.0          # training-time box edge jitter, in CAM cells (attention nets)
+    min_evidence: float = 0.0        # crop blended to the whole image below this CAM evidence (attention nets)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -74,8 +75,10 @@ class TrainConfig:
             raise ValueError(f"local_scale > 1 needs a method with the attention crop, not {self.method!r}")
         if self.box_jitter < 0:
             raise ValueError(f"box_jitter is a number of attention-map cells >= 0, got {self.box_jitter}")
-        if self.box_jitter > 0 and not METHODS[self.method].get("use_local"):
-            raise ValueError(f"box_jitter > 0 needs a method with the attention crop, not {self.method!r}")
+        if (self.box_jitter > 0 or self.min_evidence > 0) and not METHODS[self.method].get("use_local"):
+            raise ValueError(f"box_jitter / min_evidence need a method with the attention crop, not {self.method!r}")
+        if not 0.0 <= self.min_evidence <= 1.0:
+            raise ValueError(f"min_evidence is a fraction in [0, 1], got {self.min_evidence}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
 
@@ -107,7 +110,7 @@ def net_config_for(cfg: TrainConfig, num_labels: int) -> NetConfig:
     return NetConfig(nbits=cfg.nbits, num_labels=num_labels, in_ch=cfg.channels, backbone=cfg.backbone,
                      width=cfg.width, stem=cfg.resolved_stem, use_local=bool(m.get("use_local")),
                      detach_cls=bool(m.get("detach_cls", False)), local_scale=cfg.local_scale,
-                     box=cfg.box, box_jitter=cfg.box_jitter)
+                     box=cfg.box, box_jitter=cfg.box_jitter, min_evidence=cfg.min_evidence)
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

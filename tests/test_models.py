@@ -94,9 +94,26 @@ def test_box_jitter_keeps_boxes_valid_and_only_acts_in_training():
         assert torch.equal(net(x)[0], net(x)[0])                       # eval (and export): no jitter
 
 
+def test_weak_cam_evidence_blends_the_crop_towards_the_whole_image():
+    net = build_model(NetConfig(nbits=16, num_labels=3, width=0.125, min_evidence=0.1)).eval()
+    attn = torch.zeros(3, 8, 8)
+    attn[:, 0, 0] = 1.0                          # a one-cell "peak": the Otsu box is the minimum box
+    evidence = torch.tensor([0.0, 0.05, 0.5])    # none, half the required, plenty
+    box = net.crop_box(attn, evidence)
+    otsu = attention_box(attn, 32, 0.4)
+    identity = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    assert torch.allclose(box[0], identity)
+    assert torch.allclose(box[1], 0.5 * otsu[1] + 0.5 * identity)
+    assert torch.allclose(box[2], otsu[2])
+    x = torch.randn(2, 1, 64, 64)
+    assert net.boxes(x).shape == (2, 4)
+
+
 def test_box_rule_is_checked():
     with pytest.raises(ValueError, match="box must be one of"):
         NetConfig(nbits=16, num_labels=3, box="peak")
+    with pytest.raises(ValueError, match="min_evidence"):
+        NetConfig(nbits=16, num_labels=3, min_evidence=2.0)
 
 
 def test_crop_identity_and_box():

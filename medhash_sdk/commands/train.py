@@ -25,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--box-jitter", type=float, default=0.0, metavar="CELLS",
                    help="attention methods: move the crop box's edges by up to this many attention-map cells "
                         "while training, so codes survive a box edge shifting by a cell (default 0)")
+    p.add_argument("--min-evidence", type=float, default=0.0, metavar="R",
+                   help="attention methods: blend the crop towards the whole image when the attention map's "
+                        "positive evidence is below R of its scale (0..1; default 0: always crop)")
     p.add_argument("--channels", type=int, choices=(1, 3), default=1,
                    help="1: colour images converted to gray (default); 3: kept as RGB")
     p.add_argument("--epochs", type=int, default=20)
@@ -62,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, backbone=args.backbone,
                       width=args.width, warmup_epochs=args.warmup_epochs, seed=args.seed, device=args.device,
                       backbone_weights=args.backbone_weights, progress=not args.no_progress,
-                      local_scale=args.local_scale, box_jitter=args.box_jitter)
+                      local_scale=args.local_scale, box_jitter=args.box_jitter,
+                      min_evidence=args.min_evidence)
     train_and_export(cfg, args.data, args.out, split_seed=args.split_seed, fractions=args.split_fractions)
     return 0
