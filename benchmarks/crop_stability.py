@@ -20,7 +20,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import retrieval_table as rt  # noqa: E402  (also puts the repository root on sys.path)
+import retrieval_table as rt
 
 
 def bit_agreement(model, spec) -> np.ndarray:
@@ -51,14 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     import torch
 
+    from medhash_sdk.codes import pack_codes
     from medhash_train.evaluate import crop_statistics, evaluate_codes, torch_outputs
     from medhash_train.trainer import TrainConfig, train
-    from medhash_sdk.codes import pack_codes
 
     name = f"{a.box}-bj{a.box_jitter:g}-ev{a.min_evidence:g}-e{a.epochs}-s{a.seed}.json"
     path = os.path.join(a.out, name)
     if os.path.exists(path):
-        print(open(path).read())
+        with open(path) as f:
+            print(f.read())
         return 0
     torch.set_num_threads(os.cpu_count() or 1)
     ds, x_all = rt._dataset("nih", 64)
