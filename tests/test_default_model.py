@@ -59,7 +59,9 @@ def test_beats_raw_pixels_on_unseen_patients(encoder, nih):
 
 
 def test_codes_stable_across_resolutions(encoder, tmp_path):
-    files = sorted((DATA / "nih_png_1024").glob("*.png"))[:16]
+    """Every NIH PNG's code from the 1024 px file and from a 256 px copy agree on >= 90% of bits
+    (the crop's box is a hard decision; see README "A stable crop")."""
+    files = sorted((DATA / "nih_png_1024").glob("*.png"))
     if not files:
         pytest.skip("NIH PNGs not found")
     small = []
