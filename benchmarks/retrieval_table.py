@@ -282,6 +282,8 @@ def resolution_stability(model_path: str) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
+    from medhash_sdk.commands.train import add_crop_options
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--dataset", choices=sorted(DATASETS), default="nih")
@@ -304,10 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--local-scale", type=int, default=1, metavar="S",
                    help="attention methods only: input S times the dataset's size, branches at the dataset's "
                         "size, the crop taken from the full input (nih: 128 px in, 64 px branches)")
-    p.add_argument("--box-jitter", type=float, default=0.0, metavar="CELLS",
-                   help="attention methods: training-time crop box jitter, in attention-map cells (default 0)")
-    p.add_argument("--min-evidence", type=float, default=0.0, metavar="R",
-                   help="attention methods: crop blended to the whole image below this CAM evidence (default 0)")
+    add_crop_options(p)
     p.add_argument("--data-dir", default=None, help="folder with the .npz files (default ../shared/data or $MEDHASH_DATA)")
     a = p.parse_args(argv)
     if a.data_dir:

@@ -5,6 +5,16 @@ from __future__ import annotations
 import argparse
 
 
+def add_crop_options(p: argparse.ArgumentParser) -> None:
+    """--box-jitter and --min-evidence (attention methods): also used by benchmarks/retrieval_table.py."""
+    p.add_argument("--box-jitter", type=float, default=0.0, metavar="CELLS",
+                   help="attention methods: move the crop box's edges by up to this many attention-map cells "
+                        "while training, so codes survive a box edge shifting by a cell (default 0)")
+    p.add_argument("--min-evidence", type=float, default=0.0, metavar="R",
+                   help="attention methods: blend the crop towards the whole image when the attention map's "
+                        "positive evidence is below R of its scale (0..1; default 0: always crop)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a hashing network and export it to ONNX (needs torch)",
                        description="Train on the train split, choose the epoch on the validation split "
@@ -22,12 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--local-scale", type=int, default=1, metavar="S",
                    help="attention methods: the branches see input-size/S; the crop is taken from the full "
                         "input, so the local branch sees real detail (e.g. --input-size 128 --local-scale 2)")
-    p.add_argument("--box-jitter", type=float, default=0.0, metavar="CELLS",
-                   help="attention methods: move the crop box's edges by up to this many attention-map cells "
-                        "while training, so codes survive a box edge shifting by a cell (default 0)")
-    p.add_argument("--min-evidence", type=float, default=0.0, metavar="R",
-                   help="attention methods: blend the crop towards the whole image when the attention map's "
-                        "positive evidence is below R of its scale (0..1; default 0: always crop)")
+    add_crop_options(p)
     p.add_argument("--channels", type=int, choices=(1, 3), default=1,
                    help="1: colour images converted to gray (default); 3: kept as RGB")
     p.add_argument("--epochs", type=int, default=20)
