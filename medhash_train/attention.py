@@ -21,8 +21,8 @@ Our decisions where the paper is silent (documented in the README's method notes
   a cell crossing the threshold between two copies of one image (1024 px file vs 256 px copy).
   min_evidence m (option): the CAM's positive peak over the largest magnitude of the signed map
   (before the ReLU) is its evidence r; the crop is blended with the whole image by min(1, r/m).
-  Min-max normalisation turns a CAM with no real positive evidence (peak ~1e-3 of its scale, 5-10%
-  of NIH test images) into amplified noise whose Otsu box lands anywhere; the blend sends such
+  Min-max normalisation turns a CAM with no real positive evidence (r below 0.03 for 5-10% of
+  NIH test images) into amplified noise whose Otsu box lands anywhere; the blend sends such
   images to the whole image, continuously in r.
 - Crop: a sampling grid built from the box (scale + shift of the output pixel centres) and
   grid_sample (bilinear), resized to the input size; everything static but the batch. The
