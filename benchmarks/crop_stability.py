@@ -24,20 +24,15 @@ import retrieval_table as rt
 
 
 def bit_agreement(model, spec) -> np.ndarray:
-    """Per PNG: share of equal bits between the codes of the 1024 px file and a 256 px copy."""
-    import cv2
+    """Per PNG: share of equal bits between the torch model's codes of the 1024 px file and a 256 px copy."""
     import torch
 
     from medhash_sdk.codes import pack_codes
     from medhash_sdk.preprocessing import preprocess_batch
     from medhash_train.evaluate import torch_outputs
 
-    folder = os.path.join(rt.DATA_DIR, "nih_png_1024")
-    files = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".png"))
-    full = [cv2.imread(f, cv2.IMREAD_UNCHANGED) for f in files]
-    small = [cv2.resize(a, (256, 256), interpolation=cv2.INTER_AREA) for a in full]
-    codes = [pack_codes(torch_outputs(model, torch.from_numpy(preprocess_batch(im, spec)))[0]) for im in (full, small)]
-    return (np.unpackbits(codes[0], 1) == np.unpackbits(codes[1], 1)).mean(1)
+    return rt.resolution_agreement(
+        lambda images: pack_codes(torch_outputs(model, torch.from_numpy(preprocess_batch(images, spec)))[0]))
 
 
 def main(argv: list[str] | None = None) -> int:

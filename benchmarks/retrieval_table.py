@@ -264,20 +264,24 @@ def finish_default_model(checkpoint: str, out: str, data: list[str]) -> dict[str
     return res
 
 
-def resolution_stability(model_path: str) -> dict[str, Any]:
-    """Bit agreement of one image's codes from the 1024 px file and a 256 px copy (48 NIH PNGs)."""
+def resolution_agreement(encode: Any) -> np.ndarray:
+    """Per NIH PNG (48): share of equal bits between the packed codes `encode(images)` gives
+    the 1024 px file and a 256 px copy of it."""
     import cv2
-
-    from medhash_train.evaluate import encode_with_model_file
 
     folder = os.path.join(DATA_DIR, "nih_png_1024")
     files = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".png"))
     full = [cv2.imread(f, cv2.IMREAD_UNCHANGED) for f in files]
     small = [cv2.resize(a, (256, 256), interpolation=cv2.INTER_AREA) for a in full]
-    c1 = encode_with_model_file(model_path, full)
-    c2 = encode_with_model_file(model_path, small)
-    agree = (np.unpackbits(c1, 1) == np.unpackbits(c2, 1)).mean(1)
-    return {"images": len(files), "mean_bit_agreement": float(agree.mean()), "min_bit_agreement": float(agree.min())}
+    return (np.unpackbits(encode(full), 1) == np.unpackbits(encode(small), 1)).mean(1)
+
+
+def resolution_stability(model_path: str) -> dict[str, Any]:
+    """Bit agreement of one image's codes from the 1024 px file and a 256 px copy (exported model)."""
+    from medhash_train.evaluate import encode_with_model_file
+
+    agree = resolution_agreement(lambda images: encode_with_model_file(model_path, images))
+    return {"images": len(agree), "mean_bit_agreement": float(agree.mean()), "min_bit_agreement": float(agree.min())}
 
 
 # ----------------------------------------------------------------------------- main
