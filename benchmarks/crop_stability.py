@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from medhash_sdk.codes import pack_codes
-    from medhash_train.evaluate import crop_statistics, evaluate_codes, torch_outputs
+    from medhash_sdk.evaluation import evaluate_codes
+    from medhash_train.evaluate import crop_statistics, torch_outputs
     from medhash_train.trainer import TrainConfig, train
 
     name = f"{a.box}-bj{a.box_jitter:g}-ev{a.min_evidence:g}-e{a.epochs}-s{a.seed}.json"

@@ -5,7 +5,7 @@ one input size, deduplicated by image index, split by patient (seeded 70/10/20, 
 for every run: the seeds vary the training only). Queries: the test patients; database: the
 train + val images. Every method gets the same backbone, budget and augmentation; the epoch is
 chosen on the validation split (val queries vs train); the test split is looked at once, after
-training. Data loading (medhash_train.data), the training loop (medhash_train.trainer) and the
+training. Data loading (medhash_sdk.datasets), the training loop (medhash_train.trainer) and the
 figures (medhash_train.evaluate -> medhash_sdk.metrics, numpy) are those of `medhash train` /
 `medhash eval`; only the encoding differs (torch here, the exported ONNX model in `medhash
 eval`: tests/test_export_parity.py holds the two to >= 99.9% equal bits).
@@ -74,7 +74,7 @@ def _dataset(name: str, input_size: int):
     key = f"{name}:{input_size}"
     if key not in _CACHE:
         from medhash_sdk.preprocessing import Preprocessing
-        from medhash_train.data import load_dataset, to_network_input
+        from medhash_sdk.datasets import load_dataset, to_network_input
 
         ds = load_dataset([os.path.join(DATA_DIR, f) for f in DATASETS[name]], split_seed=0)
         _CACHE[key] = (ds, to_network_input(ds, Preprocessing(input_size)))
@@ -103,7 +103,8 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """Train one (method, bits, seed), evaluate on the test split, write the JSON cache."""
     import torch
 
-    from medhash_train.evaluate import crop_statistics, evaluate_codes, float_figures, split_query_db, torch_outputs
+    from medhash_sdk.evaluation import evaluate_codes, float_figures, split_query_db
+    from medhash_train.evaluate import crop_statistics, torch_outputs
     from medhash_train.trainer import TrainConfig, train
     from medhash_sdk.codes import pack_codes
 
@@ -153,8 +154,8 @@ def _init_worker(threads: int) -> None:
 # ----------------------------------------------------------------------------- baselines
 def fixed_rows(dataset: str) -> dict[str, dict[str, float]]:
     from medhash_sdk.preprocessing import Preprocessing
-    from medhash_train.data import load_dataset, to_network_input
-    from medhash_train.evaluate import float_figures, split_query_db
+    from medhash_sdk.datasets import load_dataset, to_network_input
+    from medhash_sdk.evaluation import float_figures, split_query_db
 
     ds = load_dataset([os.path.join(DATA_DIR, f) for f in DATASETS[dataset]], split_seed=0)
     q, db = split_query_db(ds.split, "test")
@@ -226,7 +227,7 @@ def default_model(out: str, dataset: str, budget: dict[str, Any], device: str, i
         import onnxscript  # noqa: F401
     except ImportError:
         from medhash_train.trainer import checkpoint_dict, save_checkpoint, train
-        from medhash_train.data import load_dataset
+        from medhash_sdk.datasets import load_dataset
 
         ds = load_dataset(data, split_seed=0)
         res = train(cfg, ds)
@@ -245,7 +246,7 @@ def finish_default_model(checkpoint: str, out: str, data: list[str]) -> dict[str
     import torch
 
     from medhash_train.onnx_export import export_checkpoint
-    from medhash_train.pipeline import evaluate_file
+    from medhash_sdk.evaluation import evaluate_file
 
     tmp = os.path.splitext(out)[0] + "_noeval.onnx"
     export_checkpoint(checkpoint, tmp)
@@ -278,7 +279,7 @@ def resolution_agreement(encode: Any) -> np.ndarray:
 
 def resolution_stability(model_path: str) -> dict[str, Any]:
     """Bit agreement of one image's codes from the 1024 px file and a 256 px copy (exported model)."""
-    from medhash_train.evaluate import encode_with_model_file
+    from medhash_sdk.evaluation import encode_with_model_file
 
     agree = resolution_agreement(lambda images: encode_with_model_file(model_path, images))
     return {"images": len(agree), "mean_bit_agreement": float(agree.mean()), "min_bit_agreement": float(agree.min())}
@@ -286,7 +287,7 @@ def resolution_stability(model_path: str) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
-    from medhash_sdk.commands.train import add_crop_options
+    from medhash_train.commands import add_crop_options
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")

@@ -1,7 +1,10 @@
-"""The `medhash` command. Each subcommand lives in medhash_sdk/commands/<name>.py with
+"""The `medhash` command. Each built-in subcommand lives in medhash_sdk/commands/<name>.py with
 `register(subparsers)` (argument parsing only, cheap imports) and `run(args) -> int`.
-Commands that need torch (train, eval, export) import the training package inside run();
-main() turns a missing optional dependency (torch, onnxruntime, ray, ...) into its install hint.
+
+Other distributions add subcommands through the entry-point group ``medhash.commands``: each
+entry point names a register(subparsers) function. The training side (export/, medhash-train)
+adds `train` and `export` that way, so this package names no training module.
+main() turns a missing optional dependency (onnxruntime, ray, ...) into its install hint.
 """
 from __future__ import annotations
 
@@ -13,8 +16,10 @@ import sys
 from . import __version__
 from .exceptions import MedhashError
 
-TRAINING_HINT = ("medhash {cmd} needs the training extra (torch): pip install torch==2.13.0 && "
-                 "pip install 'medhash-sdk[train]'")
+PLUGIN_GROUP = "medhash.commands"
+PLUGIN_HINT = ("medhash: {cmd!r} is not a command here. The training commands (train, export) come with "
+               "the training package: pip install torch==2.13.0 && pip install ./export (from the "
+               "medhash-sdk source tree)")
 
 # command name -> module under medhash_sdk.commands
 COMMANDS = {
@@ -23,9 +28,7 @@ COMMANDS = {
     "index": "index",
     "search": "search",
     "engine": "engine",
-    "train": "train",
     "eval": "eval",
-    "export": "export",
 }
 
 
@@ -41,11 +44,29 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue  # command not built yet
         mod.register(sub)
+    for ep in _plugin_commands():
+        if ep.name in COMMANDS:
+            continue   # a plugin never replaces a built-in command
+        try:
+            ep.load()(sub)
+        except ImportError as e:   # a broken plugin install must not take the whole CLI down
+            print(f"medhash: command {ep.name!r} from {ep.value} is unavailable: {e}", file=sys.stderr)
+    parser.set_defaults(command_names=frozenset(sub.choices))
     return parser
+
+
+def _plugin_commands() -> list:
+    from importlib.metadata import entry_points
+
+    return sorted(entry_points(group=PLUGIN_GROUP), key=lambda ep: ep.name)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and not argv[0].startswith("-") and argv[0] not in parser.get_default("command_names"):
+        print(PLUGIN_HINT.format(cmd=argv[0]), file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
@@ -55,10 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     except MedhashError as e:
         print(f"medhash {args.command}: error: {e}", file=sys.stderr)
         return 1
-    except ImportError as e:  # an optional dependency is missing: say what to install
-        torch_missing = e.name == "torch" or "torch" in str(e)
-        print(TRAINING_HINT.format(cmd=args.command) if torch_missing else f"medhash {args.command}: error: {e}",
-              file=sys.stderr)
+    except ImportError as e:  # an optional dependency is missing: its message says what to install
+        print(f"medhash {args.command}: error: {e}", file=sys.stderr)
         return 2
     except (ValueError, TypeError) as e:  # a bad argument or combination: the message says which
         if os.environ.get("MEDHASH_DEBUG"):

@@ -193,8 +193,8 @@ def test_bad_arguments_are_one_line_errors(capsys, monkeypatch):
 
 
 def test_training_commands_without_torch_print_the_install_hint(capsys, monkeypatch):
-    """train / eval / export import the training package lazily; without torch cli.main says
-    what to install (exit 2) instead of a traceback."""
+    """The training package's commands import torch lazily; without it the CLI says what to
+    install (exit 2) instead of a traceback."""
     import sys
 
     from medhash_sdk.cli import main as cli_main
@@ -205,3 +205,30 @@ def test_training_commands_without_torch_print_the_install_hint(capsys, monkeypa
     rc = cli_main(["export", "ck.pt", "--out", "m.onnx"])
     err = capsys.readouterr().err
     assert rc == 2 and "pip install torch==2.13.0" in err and "medhash export" in err
+
+
+def test_training_commands_come_from_the_plugin_group(capsys, monkeypatch):
+    """The runtime CLI names no training module: train/export are entry points of the group
+    medhash.commands; without the training distribution they are unknown, with a hint."""
+    from medhash_sdk import cli
+
+    assert {ep.name for ep in cli._plugin_commands()} >= {"train", "export"}
+    monkeypatch.setattr(cli, "_plugin_commands", lambda: [])
+    rc = cli.main(["train", "--data", "x.npz", "--out", "o"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "pip install ./export" in err and "Traceback" not in err
+    assert "eval" in cli.build_parser().get_default("command_names")
+
+
+def test_eval_needs_no_torch(monkeypatch):
+    """`medhash eval` scores a model file with numpy and the Encoder: importing it with torch
+    unavailable works."""
+    import importlib
+    import sys
+
+    for name in [m for m in sys.modules if m.startswith(("medhash_sdk.evaluation", "medhash_sdk.datasets",
+                                                         "medhash_sdk.commands.eval"))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "torch", None)
+    importlib.import_module("medhash_sdk.commands.eval")
+    importlib.import_module("medhash_sdk.evaluation")

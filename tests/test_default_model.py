@@ -1,8 +1,7 @@
 """The bundled default model on real NIH radiographs of patients it never saw.
 
 The split is rebuilt from the data and checked against the one recorded in the model's card,
-so these figures are on the model's own held-out test patients. Needs ../shared/data and the
-training package's data loader (torch); skipped with the reason otherwise.
+so these figures are on the model's own held-out test patients. Needs ../shared/data.
 """
 from __future__ import annotations
 
@@ -13,6 +12,7 @@ import pytest
 
 from medhash_sdk import Encoder
 from medhash_sdk.codes import unpack_codes
+from medhash_sdk.datasets import check_split, load_dataset
 from medhash_sdk.metrics import hamming_distance_matrix, map_at_k, shared_labels
 from _data import SHARED_DATA
 
@@ -29,13 +29,10 @@ def encoder() -> Encoder:
 def nih():
     if not all(p.is_file() for p in NPZ):
         pytest.skip(f"NIH data not found under {DATA}")
-    data = pytest.importorskip("medhash_train.data", reason="needs the training package (torch) to rebuild the split")
-    return data.load_dataset([str(p) for p in NPZ], split_seed=int(Encoder().card.training["split"]["seed"]))
+    return load_dataset([str(p) for p in NPZ], split_seed=int(Encoder().card.training["split"]["seed"]))
 
 
 def test_split_is_the_one_the_model_was_trained_with(encoder, nih):
-    from medhash_train.data import check_split
-
     assert check_split(nih, encoder.card.training["split"]) == []
 
 

@@ -112,3 +112,23 @@ def test_assets_ship():
     assert "assets/**/*" in data   # samples/ is a sub-folder
     total = sum(p.stat().st_size for p in assets.rglob("*") if p.is_file())
     assert total <= 25 * 2**20, f"assets weigh {total / 2**20:.1f} MB; the wheel must stay <= 25 MB"
+
+
+@pytest.mark.slow
+def test_wheels_split_runtime_from_training(tmp_path):
+    """The runtime wheel holds no training code; the training wheel (export/) holds only it and
+    registers its commands in the entry-point group the runtime CLI reads."""
+    import zipfile
+
+    for src in (ROOT, ROOT / "export"):
+        out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                              "-w", str(tmp_path), str(src)], capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+    runtime = zipfile.ZipFile(next(tmp_path.glob("medhash_sdk-*.whl"))).namelist()
+    training = zipfile.ZipFile(next(tmp_path.glob("medhash_train-*.whl"))).namelist()
+    assert any(n.startswith("medhash_sdk/_hamming") for n in runtime)
+    assert not [n for n in runtime if n.startswith("medhash_train")]
+    assert not [n for n in training if n.startswith("medhash_sdk")]
+    entry_points = next(n for n in training if n.endswith("entry_points.txt"))
+    text = zipfile.ZipFile(next(tmp_path.glob("medhash_train-*.whl"))).read(entry_points).decode()
+    assert "[medhash.commands]" in text and "train" in text and "export" in text

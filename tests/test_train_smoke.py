@@ -19,8 +19,9 @@ pytest.importorskip("onnxruntime")
 from medhash_sdk.cli import main  # noqa: E402
 from medhash_sdk.preprocessing import Preprocessing  # noqa: E402
 from medhash_train.attention import build_model  # noqa: E402
-from medhash_train.data import load_dataset, to_network_input  # noqa: E402
-from medhash_train.evaluate import evaluate_codes, torch_codes  # noqa: E402
+from medhash_sdk.datasets import load_dataset, to_network_input  # noqa: E402
+from medhash_sdk.evaluation import evaluate_codes  # noqa: E402
+from medhash_train.evaluate import torch_codes  # noqa: E402
 from medhash_train.trainer import TrainConfig, net_config_for  # noqa: E402
 from _data import SHARED_DATA
 

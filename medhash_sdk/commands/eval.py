@@ -17,7 +17,7 @@ import json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="retrieval mAP@K / NDCG@K of an exported model on a dataset (needs torch)",
+    p = sub.add_parser("eval", help="retrieval mAP@K / NDCG@K of an exported model on a dataset",
                        description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="exported .onnx model")
     p.add_argument("--data", required=True, nargs="+", metavar="PATH", help="same formats as `medhash train`")
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
-    from medhash_train.pipeline import evaluate_file   # needs torch: cli.main gives the install hint
+    from ..evaluation import evaluate_file
     res = evaluate_file(args.model, args.data, split=args.split, k=args.k,
                         seeds=tuple(range(max(1, args.tie_seeds))), batch_size=args.batch_size)
     if args.json:

@@ -23,11 +23,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medhash_sdk.datasets import ImageSet, to_network_input
+from medhash_sdk.evaluation import code_figures
 from medhash_sdk.preprocessing import Preprocessing
 
 from .attention import AttentionHashNet, NetConfig, build_model
-from .data import ImageSet, to_network_input
-from .evaluate import code_figures, torch_codes
+from .evaluate import torch_codes
 from .losses import METHODS, make_loss
 
 CHECKPOINT_FORMAT = "medhash-train/1"

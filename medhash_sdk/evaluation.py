@@ -1,59 +1,18 @@
-"""Evaluation shared by training (epoch choice on validation), `medhash eval` and the benchmark.
+"""Retrieval figures of codes and of exported model files (numpy and the Encoder, no torch).
 
 Queries are one split, the database the other two (test queries against train + val; during
-training, val queries against train). Codes come either from the torch model (training-time
-validation, the benchmark grid) or from the exported ONNX model through the runtime's
-Encoder (`medhash eval`: what is evaluated is exactly what ships).
+training, val queries against train). Codes come from the torch model (training-time
+validation, the benchmark grid: medhash_train.evaluate) or from an exported model file
+through the Encoder (`medhash eval`: what is evaluated is exactly what ships).
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
-from medhash_sdk import metrics
-from medhash_sdk.codes import pack_codes
-
-from .data import SPLITS, ImageSet
-
-
-@torch.no_grad()
-def torch_outputs(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """Code logits (n, K) and probabilities (n, C) as float32 numpy, model in eval mode."""
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    us, ps = [], []
-    for s in range(0, x.shape[0], batch_size):
-        xb = x[s:s + batch_size].to(dev, non_blocking=True)
-        if dev.type == "cuda":
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            u, p, _ = model(xb)
-        us.append(u.float().cpu())
-        ps.append(p.float().cpu())
-    model.train(was_training)
-    return torch.cat(us).numpy(), torch.cat(ps).numpy()
-
-
-def crop_statistics(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512) -> dict[str, float]:
-    """How much the attention crop zooms: the boxes' area as a fraction of the image (mean,
-    median), the share of images cropped to the whole image (no zoom) and to the minimum box."""
-    cfg = model.config
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    boxes = []
-    with torch.no_grad():
-        for s in range(0, x.shape[0], batch_size):
-            boxes.append(model.boxes(x[s:s + batch_size].to(dev)).float().cpu())
-    model.train(was_training)
-    b = torch.cat(boxes).numpy()
-    area = b[:, 0] * b[:, 2]
-    return {"mean_area": float(area.mean()), "median_area": float(np.median(area)),
-            "whole_image": float((area > 0.999).mean()),
-            "min_box": float(((b[:, 0] <= cfg.min_box + 1e-3) & (b[:, 2] <= cfg.min_box + 1e-3)).mean())}
+from . import metrics
+from .datasets import SPLITS, ImageSet, check_split, load_dataset
 
 
 def split_query_db(split: np.ndarray, query: str) -> tuple[np.ndarray, np.ndarray]:
@@ -90,7 +49,7 @@ def evaluate_codes(codes: np.ndarray, ds: ImageSet, split: str = "test", k: int 
 
 def encode_with_model_file(model: Any, images: list[Any], batch_size: int = 64) -> np.ndarray:
     """Packed codes of `images` (arrays or paths) through the runtime Encoder (or a model path)."""
-    from medhash_sdk.encoder import Encoder
+    from .encoder import Encoder
 
     enc = model if isinstance(model, Encoder) else Encoder(model)
     return np.asarray(enc.encode(list(images), batch_size=batch_size))
@@ -104,5 +63,22 @@ def evaluate_model_file(model: Any, ds: ImageSet, split: str = "test", k: int = 
     return code_figures(codes[q], codes[db], ds.labels[q], ds.labels[db], k, seeds)
 
 
-def torch_codes(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512) -> np.ndarray:
-    return pack_codes(torch_outputs(model, x, batch_size)[0])
+def evaluate_file(model_path: str, data: Sequence[str], split: str = "test", k: int = 100,
+                  seeds: Sequence[int | None] = (0, 1, 2), batch_size: int = 64) -> dict[str, Any]:
+    """What `medhash eval` reports: `split` queries vs the other splits, split as recorded in the model."""
+    from .encoder import Encoder
+
+    enc = Encoder(model_path)   # ModelFileError for a missing, damaged or card-less model
+    card = enc.card
+    rule = card.training.get("split", {})
+    seed = int(rule.get("seed", 0))
+    fractions = rule.get("fractions", (0.7, 0.1, 0.2))
+    ds = load_dataset(list(data), split_seed=seed, fractions=fractions)
+    if ds.label_names != card.labels:
+        raise ValueError(f"the data's labels {ds.label_names} are not the model's {card.labels}")
+    warnings = check_split(ds, rule)
+    fig = evaluate_model_file(enc, ds, split=split, k=k, seeds=seeds, batch_size=batch_size)
+    return {"model": model_path, "fingerprint": card.fingerprint, "method": card.method, "nbits": card.nbits,
+            "split": split, "k": k, "tie_seeds": list(seeds), "data_fingerprint": ds.info["fingerprint"],
+            "same_data_as_training": ds.info["fingerprint"] == card.training.get("data_fingerprint"),
+            "warnings": warnings, **fig}

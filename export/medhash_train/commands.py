@@ -1,8 +1,26 @@
-"""`medhash train --data PATH --method attention --bits 64 --out DIR`: train, choose the epoch on
-the validation split, write DIR/checkpoint.pt, DIR/model.onnx and DIR/train_log.json."""
+"""The training side's `medhash` subcommands, found by the runtime CLI through the entry-point
+group ``medhash.commands`` (see export/pyproject.toml); each entry point is a register(sub).
+
+    medhash train --data PATH --method attention --bits 64 --out DIR
+        train, choose the epoch on the validation split, write DIR/checkpoint.pt,
+        DIR/model.onnx and DIR/train_log.json
+    medhash export CHECKPOINT --out model.onnx
+        one self-describing ONNX file
+"""
 from __future__ import annotations
 
 import argparse
+
+
+TORCH_HINT = "medhash {cmd} needs torch, the CPU build pinned: pip install torch==2.13.0"
+
+
+def _require_torch(cmd: str) -> None:
+    """An ImportError that says what to install (the CLI prints it as one line, exit 2)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise ImportError(TORCH_HINT.format(cmd=cmd)) from e
 
 
 def add_crop_options(p: argparse.ArgumentParser) -> None:
@@ -15,8 +33,8 @@ def add_crop_options(p: argparse.ArgumentParser) -> None:
                         "positive evidence is below R of its scale (0..1; default 0: always crop)")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a hashing network and export it to ONNX (needs torch)",
+def register_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a hashing network and export it to ONNX",
                        description="Train on the train split, choose the epoch on the validation split "
                                    "(mAP@K), never look at the test split; write a checkpoint and the "
                                    "exported ONNX model.")
@@ -50,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run_train)
 
 
 def _fractions(text: str) -> tuple[float, float, float]:
@@ -63,9 +81,10 @@ def _fractions(text: str) -> tuple[float, float, float]:
     return f  # type: ignore[return-value]
 
 
-def run(args: argparse.Namespace) -> int:
-    from medhash_train.pipeline import train_and_export   # needs torch: cli.main gives the install hint
-    from medhash_train.trainer import TrainConfig
+def run_train(args: argparse.Namespace) -> int:
+    _require_torch("train")
+    from .pipeline import train_and_export
+    from .trainer import TrainConfig
     cfg = TrainConfig(method=args.method, nbits=args.bits, input_size=args.input_size, channels=args.channels,
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, backbone=args.backbone,
                       width=args.width, warmup_epochs=args.warmup_epochs, seed=args.seed, device=args.device,
@@ -73,4 +92,23 @@ def run(args: argparse.Namespace) -> int:
                       local_scale=args.local_scale, box_jitter=args.box_jitter,
                       min_evidence=args.min_evidence)
     train_and_export(cfg, args.data, args.out, split_seed=args.split_seed, fractions=args.split_fractions)
+    return 0
+
+
+def register_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a training checkpoint to ONNX",
+                       description="torch.onnx dynamo exporter, opset 18, one file, dynamic batch; the model "
+                                   "card (nbits, preprocessing, labels, training data and split, versions, "
+                                   "fingerprint) goes into the file's metadata.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint.pt written by `medhash train`")
+    p.add_argument("--out", required=True, metavar="MODEL.onnx")
+    p.set_defaults(run=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    _require_torch("export")
+    from .onnx_export import export_checkpoint
+
+    card = export_checkpoint(args.checkpoint, args.out)
+    print(f"wrote {args.out}: {card.method}, {card.nbits} bits, {card.input_size} px, fingerprint {card.fingerprint}")
     return 0

@@ -1,4 +1,4 @@
-"""What `medhash train` / `medhash eval` do, as functions the benchmark calls too (one code path)."""
+"""What `medhash train` does, as a function the benchmark calls too (one code path)."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,8 @@ import sys
 from dataclasses import asdict
 from typing import Any, Callable, Sequence
 
-from .data import check_split, load_dataset
-from .evaluate import evaluate_model_file
+from medhash_sdk.datasets import load_dataset
+
 from .onnx_export import export_onnx
 from .trainer import TrainConfig, checkpoint_dict, save_checkpoint, train
 
@@ -41,24 +41,3 @@ def train_and_export(cfg: TrainConfig, data: Sequence[str], out_dir: str, split_
         json.dump(summary, f, indent=2, default=str)
     log(f"wrote {ck_path} and {model_path} (fingerprint {card.fingerprint[:16]})")
     return summary
-
-
-def evaluate_file(model_path: str, data: Sequence[str], split: str = "test", k: int = 100,
-                  seeds: Sequence[int | None] = (0, 1, 2), batch_size: int = 64) -> dict[str, Any]:
-    """Figures of an exported model: `split` queries vs the other splits, split as recorded in the model."""
-    from medhash_sdk.encoder import Encoder
-
-    enc = Encoder(model_path)   # ModelFileError for a missing, damaged or card-less model
-    card = enc.card
-    rule = card.training.get("split", {})
-    seed = int(rule.get("seed", 0))
-    fractions = rule.get("fractions", (0.7, 0.1, 0.2))
-    ds = load_dataset(list(data), split_seed=seed, fractions=fractions)
-    if ds.label_names != card.labels:
-        raise ValueError(f"the data's labels {ds.label_names} are not the model's {card.labels}")
-    warnings = check_split(ds, rule)
-    fig = evaluate_model_file(enc, ds, split=split, k=k, seeds=seeds, batch_size=batch_size)
-    return {"model": model_path, "fingerprint": card.fingerprint, "method": card.method, "nbits": card.nbits,
-            "split": split, "k": k, "tie_seeds": list(seeds), "data_fingerprint": ds.info["fingerprint"],
-            "same_data_as_training": ds.info["fingerprint"] == card.training.get("data_fingerprint"),
-            "warnings": warnings, **fig}

@@ -126,7 +126,7 @@ def export_random(out: str, nbits: int = 64, input_size: int = 64, width: float 
                   labels: list[str] | None = None) -> ModelCard:
     """A randomly initialised paper network, exported: for testing the runtime (never to ship:
     its card says method "attention-untrained")."""
-    from .data import NIH_LABELS, NO_FINDING
+    from medhash_sdk.datasets import NIH_LABELS, NO_FINDING
 
     labels = list(labels) if labels is not None else list(NIH_LABELS) + [NO_FINDING]
     torch.manual_seed(seed)
