@@ -18,7 +18,7 @@ Definitions (../docs method.md, "Evaluation"):
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -173,3 +173,131 @@ def retrieval_report(distances: np.ndarray, query_labels: np.ndarray, db_labels:
         "queries": int(d.shape[0]),
         "database": int(d.shape[1]),
     }
+
+
+# ----------------------------------------------------------------------------------- unseen archive
+# The question a user asks: "my archive holds patients the model never saw; does it find similar
+# cases among them?" Query AND database are held-out images; each query is ranked against every
+# image of the OTHER held-out patients (its own patient's images, itself included, are not in its
+# database). docs/model.md, "Protocol".
+
+def same_patient_mask(query_patients: np.ndarray, db_patients: np.ndarray) -> np.ndarray:
+    """bool (nq, n): True where the database item belongs to the query's patient."""
+    q = np.asarray(query_patients).astype(str)
+    d = np.asarray(db_patients).astype(str)
+    return q[:, None] == d[None, :]
+
+
+def average_precisions(distances: np.ndarray, relevance: np.ndarray, k: int | None = 100,
+                       seeds: int | None | Sequence[int | None] = (0, 1, 2),
+                       exclude: np.ndarray | None = None) -> np.ndarray:
+    """AP@K of every query (float64 (nq,)), averaged over the tie-breaking seeds.
+
+    exclude (bool (nq, n), optional): database items left out of that query's database (they are
+    ranked after everything else and never count as relevant, so the figure equals the AP of the
+    ranking with them removed). The mean of the result is map_at_k's figure when exclude is None.
+    """
+    d, g = _check_pair(distances, relevance)
+    rel = g > 0
+    if exclude is not None:
+        ex = np.asarray(exclude, dtype=bool)
+        if ex.shape != d.shape:
+            raise ValueError(f"exclude {ex.shape} must have the distances' shape {d.shape}")
+        d = np.where(ex, np.inf, d.astype(np.float64))
+        rel = rel & ~ex
+    out = np.zeros(d.shape[0], dtype=np.float64)
+    ss = _seeds(seeds)
+    for seed in ss:
+        top = rank(d, k, seed)
+        out += average_precision_at_k(np.take_along_axis(rel, top, axis=1))
+    return out / len(ss)
+
+
+def leave_patient_out_aps(dist_fn: Callable[[np.ndarray], np.ndarray], labels: np.ndarray,
+                          patients: np.ndarray, k: int | None = 100,
+                          seeds: int | None | Sequence[int | None] = (0, 1, 2),
+                          chunk: int = _CHUNK) -> np.ndarray:
+    """Per-query AP@K of the unseen-archive protocol over one held-out set of n images.
+
+    dist_fn(rows) -> distances (len(rows), n) of those rows to all n images (called in chunks,
+    so memory stays at chunk * n). Each query's database: every image of another patient.
+    Relevant: shares at least one label. Ties broken at random (mean over `seeds`).
+    """
+    y = _labels2d(labels, "labels")
+    p = np.asarray(patients).astype(str)
+    n = y.shape[0]
+    if p.shape != (n,):
+        raise ValueError(f"patients must be one id per image ({n}), got shape {p.shape}")
+    if len(np.unique(p)) < 2:
+        raise ValueError("the unseen-archive protocol needs images of at least two patients")
+    out = np.empty(n, dtype=np.float64)
+    for s in range(0, n, chunk):
+        rows = np.arange(s, min(s + chunk, n))
+        d = np.asarray(dist_fn(rows))
+        if d.shape != (len(rows), n):
+            raise ValueError(f"dist_fn returned shape {d.shape}, expected {(len(rows), n)}")
+        rel = (y[rows] @ y.T) > 0
+        out[rows] = average_precisions(d, rel, k, seeds, exclude=p[rows][:, None] == p[None, :])
+    return out
+
+
+def patient_bootstrap(values: np.ndarray, patients: np.ndarray, n_boot: int = 2000, seed: int = 0,
+                      level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of the mean of per-image `values` when whole patients are resampled.
+
+    Each replicate draws the held-out patients with replacement (as many as there are) and takes
+    the mean over the drawn patients' images (a patient drawn twice counts twice). Deterministic
+    for a given seed, so two series of the same images get the same draws: the interval of a
+    paired difference (model minus raw pixels, say) is patient_bootstrap(a - b, patients).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    p = np.asarray(patients).astype(str)
+    if v.ndim != 1 or v.shape != p.shape:
+        raise ValueError(f"values {v.shape} and patients {p.shape} must be two (n,) arrays")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    uniq, inv = np.unique(p, return_inverse=True)
+    sums = np.bincount(inv, weights=v, minlength=len(uniq))
+    counts = np.bincount(inv, minlength=len(uniq)).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(len(uniq), np.full(len(uniq), 1.0 / len(uniq)), size=n_boot).astype(np.float64)
+    means = (draws @ sums) / (draws @ counts)
+    a = (1.0 - level) / 2.0
+    lo, hi = np.quantile(means, [a, 1.0 - a])
+    return float(lo), float(hi)
+
+
+def auroc(scores: np.ndarray, targets: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U / (n_pos * n_neg)); tied scores count one half.
+    NaN when targets hold only one class."""
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    t = np.asarray(targets).ravel() > 0
+    if s.shape != t.shape:
+        raise ValueError(f"scores {s.shape} and targets {t.shape} differ in length")
+    npos, nneg = int(t.sum()), int((~t).sum())
+    if npos == 0 or nneg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), dtype=np.float64)
+    sorted_s = s[order]
+    # average rank (1-based) over each run of equal scores
+    starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
+    ends = np.r_[starts[1:], len(s)]
+    avg = (starts + ends + 1) / 2.0
+    ranks[order] = np.repeat(avg, ends - starts)
+    return float((ranks[t].sum() - npos * (npos + 1) / 2.0) / (npos * nneg))
+
+
+def per_label_auroc(probabilities: np.ndarray, labels: np.ndarray, names: Sequence[str],
+                    min_positives: int = 25) -> dict[str, dict[str, float]]:
+    """{name: {"auroc", "positives"}} for every label column with >= min_positives positive images."""
+    pr = np.asarray(probabilities, dtype=np.float64)
+    y = _labels2d(labels, "labels")
+    if pr.shape != y.shape or len(names) != y.shape[1]:
+        raise ValueError(f"probabilities {pr.shape}, labels {y.shape} and {len(names)} names must agree")
+    out = {}
+    for j, name in enumerate(names):
+        pos = int(y[:, j].sum())
+        if pos >= min_positives and pos < y.shape[0]:
+            out[str(name)] = {"auroc": auroc(pr[:, j], y[:, j]), "positives": pos}
+    return out
