@@ -322,6 +322,11 @@ class AttentionHashNet(nn.Module):
 
     def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """forward() plus the classification logits (for the training loss)."""
+        u, probs, attn, logits, _ = self.forward_features(x)
+        return u, probs, attn, logits
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """forward_all() plus the pooled features the hash layer reads (for a contrastive head)."""
         s = self.config.local_scale
         xg = x if s == 1 else F.avg_pool2d(x, s)      # the global view: the input averaged over s x s blocks
         feats = self.backbone(xg)
@@ -334,7 +339,7 @@ class AttentionHashNet(nn.Module):
             local_net = self.backbone if self.local_backbone is None else self.local_backbone
             g = torch.cat([g, local_net(crop)[2].mean((2, 3))], 1)
         u = torch.tanh(self.hash(g))
-        return u, probs, attn, logits
+        return u, probs, attn, logits, g
 
 
 def build_model(config: NetConfig | dict[str, Any], backbone_weights: str | None = None) -> AttentionHashNet:

@@ -2,8 +2,10 @@
 group ``medhash.commands`` (see export/pyproject.toml); each entry point is a register(sub).
 
     medhash train --data PATH --method attention --bits 64 --out DIR
-        train, choose the epoch on the validation split, write DIR/checkpoint.pt,
-        DIR/model.onnx and DIR/train_log.json
+        train, choose the epoch on the validation split (or keep the last epoch when there is
+        none), write DIR/checkpoint.pt, DIR/model.onnx and DIR/train_log.json
+    medhash train --data PATH --recipe NAME --out DIR
+        start from a named recipe (medhash_train.recipes); explicit flags override it
     medhash export CHECKPOINT --out model.onnx
         one self-describing ONNX file
 """
@@ -41,6 +43,9 @@ def register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, nargs="+", metavar="PATH",
                    help=".npz (MedMNIST or images+labels+patient_id), a CSV label table or a folder "
                         "holding one; several are combined and deduplicated by image id")
+    p.add_argument("--recipe", default=None, metavar="NAME",
+                   help="start from a named recipe's settings (medhash_train.recipes: plain, con-codes, paper, "
+                        "...); flags given explicitly override it")
     p.add_argument("--method", default="attention",
                    help="attention (the paper's), ablation-global, ablation-crop, attention-dch (the paper's "
                         "network with DCH's pair loss), dsh, dpsh, hashnet, dch, csq, dtsh, idhn, dfh, dpn, "
@@ -51,6 +56,12 @@ def register_train(sub: argparse._SubParsersAction) -> None:
                    help="attention methods: the branches see input-size/S; the crop is taken from the full "
                         "input, so the local branch sees real detail (e.g. --input-size 128 --local-scale 2)")
     add_crop_options(p)
+    p.add_argument("--contrastive", type=float, default=0.0, metavar="W",
+                   help="weight of the NT-Xent term between two augmented views of each image (default 0: off)")
+    p.add_argument("--contrastive-on", choices=("codes", "features"), default="codes",
+                   help="NT-Xent on the code logits (default) or on a projection head of the pooled features")
+    p.add_argument("--temperature", type=float, default=0.2, help="NT-Xent temperature (default 0.2)")
+    p.add_argument("--balanced", action="store_true", help="class-balanced batches instead of uniform ones")
     p.add_argument("--channels", type=int, choices=(1, 3), default=1,
                    help="1: colour images converted to gray (default); 3: kept as RGB")
     p.add_argument("--epochs", type=int, default=20)
@@ -68,7 +79,7 @@ def register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(run=run_train)
+    p.set_defaults(run=run_train, parser=p)
 
 
 def _fractions(text: str) -> tuple[float, float, float]:
@@ -81,16 +92,36 @@ def _fractions(text: str) -> tuple[float, float, float]:
     return f  # type: ignore[return-value]
 
 
+def train_settings(args: argparse.Namespace) -> dict:
+    """TrainConfig settings from the parsed flags: a --recipe's settings, overridden by every flag
+    given explicitly (one whose value differs from its default)."""
+    given = dict(method=args.method, nbits=args.bits, input_size=args.input_size, channels=args.channels,
+                 epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, backbone=args.backbone,
+                 width=args.width, warmup_epochs=args.warmup_epochs, seed=args.seed, device=args.device,
+                 backbone_weights=args.backbone_weights, progress=not args.no_progress,
+                 local_scale=args.local_scale, box_jitter=args.box_jitter, min_evidence=args.min_evidence,
+                 contrastive=args.contrastive, contrastive_on=args.contrastive_on, temperature=args.temperature,
+                 balanced=args.balanced)
+    if not args.recipe:
+        return given
+    from .recipes import recipe
+
+    settings = recipe(args.recipe)
+    flag = {"nbits": "bits", "progress": "no_progress"}
+    for key, value in given.items():
+        dest = flag.get(key, key)
+        if getattr(args, dest) != args.parser.get_default(dest) or key not in settings:
+            settings[key] = value
+    settings["recipe"] = args.recipe
+    return settings
+
+
 def run_train(args: argparse.Namespace) -> int:
     _require_torch("train")
     from .pipeline import train_and_export
     from .trainer import TrainConfig
-    cfg = TrainConfig(method=args.method, nbits=args.bits, input_size=args.input_size, channels=args.channels,
-                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, backbone=args.backbone,
-                      width=args.width, warmup_epochs=args.warmup_epochs, seed=args.seed, device=args.device,
-                      backbone_weights=args.backbone_weights, progress=not args.no_progress,
-                      local_scale=args.local_scale, box_jitter=args.box_jitter,
-                      min_evidence=args.min_evidence)
+
+    cfg = TrainConfig(**train_settings(args))
     train_and_export(cfg, args.data, args.out, split_seed=args.split_seed, fractions=args.split_fractions)
     return 0
 

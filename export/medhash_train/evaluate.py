@@ -20,8 +20,7 @@ def torch_outputs(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512
     us, ps = [], []
     for s in range(0, x.shape[0], batch_size):
         xb = x[s:s + batch_size].to(dev, non_blocking=True)
-        if dev.type == "cuda":
-            xb = xb.contiguous(memory_format=torch.channels_last)
+        xb = xb.contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             u, p, _ = model(xb)
         us.append(u.float().cpu())

@@ -279,6 +279,11 @@ METHODS: dict[str, dict] = {
     # a variant, not the paper's method: the paper's network and classification loss with DCH's
     # Cauchy pair loss (DCH was the strongest baseline in the retrieval table)
     "attention-dch": dict(loss=lambda k, c, **kw: DCHLoss(k, **kw), use_local=True, mu=3.0),
+    # issue 10's recipes: a plain global CNN whose classification loss (BCE, mu 1) shapes the same
+    # features as the pair loss. "dpsh-bce" is the plain-CNN baseline; with TrainConfig.contrastive
+    # > 0 either becomes the instance-contrastive recipe (medhash_train.contrastive)
+    "dpsh-bce": dict(loss=lambda k, c, **kw: DPSHLoss(k, **kw), use_local=False, mu=1.0),
+    "dch-bce": dict(loss=lambda k, c, **kw: DCHLoss(k, **kw), use_local=False, mu=1.0),
     # baselines: global network; the classification head learns on detached features only
     "dsh": dict(loss=lambda k, c, **kw: DSHLoss(k, **kw), use_local=False, mu=1.0, detach_cls=True),
     "dpsh": dict(loss=lambda k, c, **kw: DPSHLoss(k, **kw), use_local=False, mu=1.0, detach_cls=True),

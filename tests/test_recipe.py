@@ -1,0 +1,115 @@
+"""Issue 10's training pieces: NT-Xent, class-balanced sampling weights, patient-grouped folds,
+the cross-collection split, pretraining data loading, and one short training step with the
+contrastive term (shapes and wiring only; quality is measured in benchmarks/)."""
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from medhash_sdk.datasets import ImageSet  # noqa: E402
+from medhash_train import contrastive as C  # noqa: E402
+from medhash_train.selection import cross_collection, fold_set, patient_folds  # noqa: E402
+from medhash_train.trainer import TrainConfig, balanced_weights, train  # noqa: E402
+
+
+def test_nt_xent_hand_computed_and_ordering():
+    # two images, views identical, orthogonal embeddings: each row's positive has similarity 1,
+    # its two negatives 0 -> loss = -log(e^(1/t) / (e^(1/t) + 2))
+    z = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    t = 0.5
+    want = -math.log(math.exp(1 / t) / (math.exp(1 / t) + 2.0))
+    assert float(C.nt_xent(z, z, t)) == pytest.approx(want, rel=1e-5)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(16, 32, generator=g)
+    matched = float(C.nt_xent(a, a + 0.05 * torch.randn(16, 32, generator=g)))
+    shuffled = float(C.nt_xent(a, a[torch.randperm(16, generator=g)]))
+    assert matched < shuffled
+    with pytest.raises(ValueError, match="temperature"):
+        C.nt_xent(z, z, 0.0)
+
+
+def test_balanced_weights_hand_computed():
+    y = np.array([[1, 0], [1, 0], [1, 0], [0, 1], [1, 1]])
+    # counts: column 0 -> 4, column 1 -> 2; weight = mean of 1/count over the image's labels
+    np.testing.assert_allclose(balanced_weights(y), [0.25, 0.25, 0.25, 0.5, (0.25 + 0.5) / 2])
+
+
+def test_patient_folds_group_patients_and_balance_images():
+    rng = np.random.default_rng(0)
+    patients = rng.integers(0, 200, 900).astype(str)
+    f = patient_folds(patients, 3, seed=0)
+    for p in np.unique(patients):
+        assert len(set(f[patients == p])) == 1                    # a patient sits in one fold
+    counts = np.bincount(f, minlength=3)
+    assert counts.min() > 0.25 * len(patients) and set(f) == {0, 1, 2}
+    np.testing.assert_array_equal(f, patient_folds(patients, 3, seed=0))
+    assert (f != patient_folds(patients, 3, seed=1)).any()
+    with pytest.raises(ValueError, match="k must be"):
+        patient_folds(patients[:3], 5)
+
+
+def _set(ids, patients, split="train"):
+    n = len(ids)
+    return ImageSet([np.zeros((4, 4), np.uint8)] * n, np.eye(2, dtype=np.uint8)[np.arange(n) % 2], ["a", "b"],
+                    np.array(ids), np.array(patients), np.array([split] * n))
+
+
+def test_cross_collection_drops_the_training_patients_from_the_test_side():
+    a = _set(["i1", "i2", "i3"], ["p1", "p2", "p2"])
+    b = _set(["i3", "j1", "j2", "j3"], ["p2", "p2", "q1", "q2"])     # i3 shared; p2's other image too
+    cc = cross_collection(a, b)
+    assert list(cc.split) == ["train"] * 3 + ["test"] * 2
+    assert list(cc.image_id[cc.split == "test"]) == ["j2", "j3"]
+    assert cc.info["test_images_dropped_shared_patients"] == 2
+    fs = fold_set(cc, np.arange(len(cc)), np.array([0, 1, 1, 0, 1]), 1)
+    assert list(fs.split) == ["train", "test", "test", "train", "test"]
+
+
+def test_load_unlabelled_leaves_out_the_test_split(tmp_path):
+    p = tmp_path / "k.npz"
+    np.savez(p, images=np.zeros((5, 8, 8), np.uint8), label=np.zeros(5), split=np.array(["train"] * 3 + ["test"] * 2))
+    imgs, notes = C.load_unlabelled([str(p)])
+    assert len(imgs) == 3 and "3 of 5" in notes[0]
+    assert len(C.load_unlabelled([str(p)], exclude_split=None)[0]) == 5
+
+
+@pytest.mark.parametrize("on", ["codes", "features"])
+def test_one_epoch_with_the_contrastive_term(on):
+    rng = np.random.default_rng(0)
+    n = 40
+    imgs = [rng.integers(0, 256, (32, 32), dtype=np.uint8) for _ in range(n)]
+    y = np.zeros((n, 3), np.uint8)
+    y[np.arange(n), np.arange(n) % 3] = 1
+    ds = ImageSet(imgs, y, ["a", "b", "No Finding"], np.array([f"i{i}" for i in range(n)]),
+                  np.array([f"p{i // 2}" for i in range(n)]), np.array(["train"] * n))
+    cfg = TrainConfig(method="dpsh-bce", nbits=16, input_size=32, width=0.125, epochs=1, batch_size=16,
+                      contrastive=1.0, contrastive_on=on, balanced=True, progress=False)
+    seen = []
+    res = train(cfg, ds, log=lambda s: None, on_epoch=lambda e, m: seen.append(e) or {"marker": e})
+    assert seen == [1] and res.history[0]["marker"] == 1 and res.best_epoch == 1
+    assert math.isfinite(res.history[0]["loss"])
+    assert not hasattr(res.model, "head")          # the projection head is not part of the network
+    with pytest.raises(ValueError, match="contrastive_on"):
+        TrainConfig(contrastive=1.0, contrastive_on="pixels")
+
+
+def test_train_recipe_flag_and_explicit_overrides():
+    import argparse
+
+    from medhash_train.commands import register_train, train_settings
+    from medhash_train.recipes import RECIPES
+
+    parser = argparse.ArgumentParser()
+    register_train(parser.add_subparsers())
+    a = parser.parse_args(["train", "--data", "x.npz", "--out", "o", "--recipe", "con-codes"])
+    s = train_settings(a)
+    assert {k: s[k] for k in RECIPES["con-codes"]} == RECIPES["con-codes"] and s["recipe"] == "con-codes"
+    b = parser.parse_args(["train", "--data", "x.npz", "--out", "o", "--recipe", "con-codes", "--bits", "128",
+                           "--epochs", "7", "--seed", "3"])
+    s = train_settings(b)
+    assert (s["nbits"], s["epochs"], s["seed"], s["method"]) == (128, 7, 3, RECIPES["con-codes"]["method"])
+    c = parser.parse_args(["train", "--data", "x.npz", "--out", "o"])
+    assert train_settings(c)["method"] == "attention" and "recipe" not in train_settings(c)
+    TrainConfig(**train_settings(b))                  # every key is a TrainConfig field
