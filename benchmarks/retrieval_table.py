@@ -1,4 +1,24 @@
-"""Retrieval table: every method and the paper net's ablations, seeds, mean and 95% interval.
+"""Retrieval tables. Headline (--protocol archive, the default): the unseen-archive protocol.
+
+Unseen archive (docs/model.md, "Protocol"): a recipe (export/medhash_train/recipes.py) is
+trained in a setting and scored on images of patients it never saw, query AND database held
+out: each archive image is ranked against every image of the other archive patients.
+mAP@100 with patient-bootstrap 95% intervals, paired differences against raw pixels (32 x 32,
+standardised, cosine) and the plain CNN, the float codes' cosine ranking, the classifier
+head's mean AUROC; raw-pixel and random rows always printed. Settings:
+  nih-test          the NIH split (seed 0): train on the train + val images, archive = test
+  nih1000-to-extra  cross-collection: train on nih1000_64, archive = nih_extra_128 (shared
+                    patients removed)
+  extra-to-nih1000  cross-collection, the other direction
+One JSON per (setting, recipe, seed) under benchmarks/results/model/archive/<setting>/ (cached),
+the table in benchmarks/results/model/archive/table.md with its command.
+
+  PYTHONPATH=.:export python benchmarks/retrieval_table.py --recipes plain paper con-codes --seeds 0 1
+  PYTHONPATH=.:export python benchmarks/retrieval_table.py --recipes con-codes --default-recipe con-codes \
+      --default-model-out medhash_sdk/assets/chestxr64.onnx
+
+Classic grid (--protocol classic, the earlier tables): every method and the paper net's
+ablations, seeds, mean and 95% interval; test queries against the training database.
 
 Data (default): NIH ChestX-ray14 from ../shared/data, nih1000_64 + nih_extra_128 combined at
 one input size, deduplicated by image index, split by patient (seeded 70/10/20, split seed 0
@@ -285,16 +305,295 @@ def resolution_stability(model_path: str) -> dict[str, Any]:
     return {"images": len(agree), "mean_bit_agreement": float(agree.mean()), "min_bit_agreement": float(agree.min())}
 
 
+# ----------------------------------------------------------------------------- unseen archive (headline)
+ARCHIVE_OUT = os.path.join(ROOT, "benchmarks", "results", "model", "archive")
+RUNS_DIR = os.path.join(ROOT, "benchmarks", ".cache", "model-runs")      # checkpoints (git-ignored)
+ARCHIVE_SETTINGS = {
+    "nih-test": "NIH split seed 0: trained on the 1,669 train + val images (775 patients), the 417 test "
+                "images (240 patients) are the archive",
+    "nih1000-to-extra": "trained on all of nih1000_64; the archive is nih_extra_128 without the 27 patients "
+                        "the two share",
+    "extra-to-nih1000": "trained on all of nih_extra_128; the archive is nih1000_64 without the 27 patients "
+                        "the two share",
+}
+ARCHIVE_RECIPES = ["plain", "paper", "con-codes"]
+
+
+def archive_set(setting: str) -> Any:
+    """The ImageSet of a setting: split "train" (trained on) and "test" (the unseen archive)."""
+    from medhash_sdk.datasets import load_dataset
+    from medhash_train.selection import cross_collection
+
+    nih1000, extra = (os.path.join(DATA_DIR, f) for f in DATASETS["nih"])
+    if setting == "nih-test":
+        # 80/0/20 keeps exactly the 70/10/20 split's test patients (same seeded order and cut)
+        ds = load_dataset([nih1000, extra], split_seed=0, fractions=(0.8, 0.0, 0.2))
+        ref = load_dataset([nih1000, extra], split_seed=0)
+        assert ds.info["split"]["ids_sha256"]["test"] == ref.info["split"]["ids_sha256"]["test"]
+        return ds
+    if setting == "nih1000-to-extra":
+        return cross_collection(load_dataset(nih1000), load_dataset(extra))
+    if setting == "extra-to-nih1000":
+        return cross_collection(load_dataset(extra), load_dataset(nih1000))
+    raise ValueError(f"unknown setting {setting!r}")
+
+
+def _archive_inputs(setting: str, input_size: int) -> tuple[Any, np.ndarray, np.ndarray]:
+    key = f"archive:{setting}:{input_size}"
+    if key not in _CACHE:
+        from medhash_sdk.datasets import to_network_input
+        from medhash_sdk.evaluation import raw_pixel_vectors
+        from medhash_sdk.preprocessing import Preprocessing
+
+        ds = archive_set(setting)
+        _CACHE[key] = (ds, to_network_input(ds, Preprocessing(input_size)),
+                       raw_pixel_vectors([ds.images[i] for i in ds.indices("test")]))
+    return _CACHE[key]
+
+
+def archive_run(setting: str, name: str, seed: int) -> dict[str, Any]:
+    """Train recipe `name` (seed) in `setting`, score the archive; nih-test also keeps the
+    checkpoint (for --default-model-out) and adds the classic figure (test vs training images)."""
+    import torch
+
+    from medhash_sdk.codes import pack_codes
+    from medhash_sdk.evaluation import evaluate_codes
+    from medhash_train.evaluate import torch_outputs
+    from medhash_train.recipes import recipe
+    from medhash_train.selection import heldout_report
+    from medhash_train.trainer import TrainConfig, checkpoint_dict, save_checkpoint
+
+    settings = recipe(name)
+    ds, x_all, raw = _archive_inputs(setting, settings["input_size"])
+    cfg = TrainConfig(**settings, seed=seed, progress=False, recipe=name)
+    rep = heldout_report(cfg, ds, x_all, raw=raw, log=lambda m: print(f"  {setting} {name} s{seed}: {m}", file=sys.stderr))
+    res = rep.pop("_model")
+    if setting == "nih-test":
+        u, _ = torch_outputs(res.model, torch.from_numpy(x_all))
+        rep["classic"] = evaluate_codes(pack_codes(u), ds, "test")
+        run_dir = os.path.join(RUNS_DIR, f"{setting}_{name}_s{seed}")
+        os.makedirs(run_dir, exist_ok=True)
+        save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), checkpoint_dict(res, cfg, ds))
+    rep["job"] = dict(setting=setting, recipe=name, settings=settings, seed=seed, torch=torch.__version__,
+                      threads=torch.get_num_threads())
+    rep["params"] = int(sum(p.numel() for p in res.model.parameters()))
+    info = {k: v for k, v in ds.info.items() if k not in ("fingerprint", "sources")}
+    info["sources"] = [os.path.basename(str(x)) for x in ds.info.get("sources", [])]
+    rep["archive_info"] = info
+    return rep
+
+
+def previous_default_row(path: str) -> dict[str, Any] | None:
+    """The model file `path` (the previous default model) on the nih-test archive, through the Encoder."""
+    if not os.path.exists(path):
+        return None
+    from medhash_sdk.evaluation import analyze_with_model_file, unseen_archive_report
+
+    ds, _, raw = _archive_inputs("nih-test", 64)
+    te = ds.indices("test")
+    codes, probs = analyze_with_model_file(path, [ds.images[i] for i in te])
+    rep = unseen_archive_report(ds.labels[te], ds.patient_id[te], ds.label_names, codes=codes, probabilities=probs,
+                                raw=raw)
+    rep["image_id"] = [str(x) for x in ds.image_id[te]]
+    rep["patient_id"] = [str(x) for x in ds.patient_id[te]]
+    return rep
+
+
+def _load_json(path: str) -> dict[str, Any] | None:
+    if not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def archive_table(setting: str, names: list[str], seeds: list[int], extra_rows: dict[str, dict[str, Any]],
+                  ref: str = "plain") -> str:
+    """Markdown table of one setting from the cached runs."""
+    from medhash_sdk.evaluation import compare
+
+    def fmt_ci(x: dict[str, Any], key: str = "map", sign: bool = False) -> str:
+        f = "{:+.3f}" if sign else "{:.3f}"
+        return f"{f.format(x[key])} [{f.format(x['ci95'][0])}, {f.format(x['ci95'][1])}]"
+
+    head = ("| ranking | mAP@100, seed 0 [95% CI] | seeds: mean (each) | vs raw pixels, paired [95% CI] | "
+            f"vs {ref}, paired [95% CI] | float u, cosine | mean AUROC (findings) |")
+    lines = [head, "|---|---|---|---|---|---|---|"]
+    reps = {n: [r for s in seeds if (r := _load_json(os.path.join(ARCHIVE_OUT, setting, f"{n}_s{s}.json")))]
+            for n in names}
+    ref_rep = reps.get(ref, [None])[0] if reps.get(ref) else _load_json(os.path.join(ARCHIVE_OUT, setting, f"{ref}_s0.json"))
+    base = None
+    rows = [(n, reps[n]) for n in names if reps[n]] + [(n, [r]) for n, r in extra_rows.items() if r]
+    for n, rs in rows:
+        r0 = rs[0]
+        base = base or r0
+        maps = [r["rows"]["model"]["map"] for r in rs]
+        each = f"{np.mean(maps):.3f} ({', '.join(f'{m:.3f}' for m in maps)})" if len(rs) > 1 else "-"
+        vs_ref = "-"
+        if ref_rep is not None and n != ref and r0["image_id"] == ref_rep["image_id"]:
+            vs_ref = fmt_ci(compare(np.asarray(r0["aps"]["model"]), np.asarray(ref_rep["aps"]["model"]),
+                                    np.asarray(r0["patient_id"])), "diff", True)
+        fl = f"{r0['rows']['model float']['map']:.3f}" if "model float" in r0["rows"] else "-"
+        au = f"{r0['mean_auroc']:.3f} ({len(r0['auroc'])})" if r0.get("auroc") else "-"
+        lines.append(f"| {n} | {fmt_ci(r0['rows']['model'])} | {each} | {fmt_ci(r0['vs_raw_pixels']['model'], 'diff', True)} "
+                     f"| {vs_ref} | {fl} | {au} |")
+    if base is not None:
+        for n, label in (("raw pixels", "raw pixels 32 x 32, standardised, cosine"), ("random", "random ranking")):
+            lines.append(f"| {label} | {fmt_ci(base['rows'][n])} | | | | | |")
+        lines.append(f"\n{ARCHIVE_SETTINGS[setting]}: {base['images']} archive images of {base['patients']} patients.")
+    return "\n".join(lines)
+
+
+def auroc_table(setting: str, name: str) -> str:
+    r = _load_json(os.path.join(ARCHIVE_OUT, setting, f"{name}_s0.json"))
+    if r is None or not r.get("auroc"):
+        return ""
+    items = sorted(r["auroc"].items(), key=lambda t: -t[1]["auroc"])
+    return ("| finding | AUROC | positive images |\n|---|---|---|\n"
+            + "\n".join(f"| {k} | {v['auroc']:.3f} | {v['positives']} |" for k, v in items)
+            + f"\n| mean | {r['mean_auroc']:.3f} | |")
+
+
+def archive_main(a: argparse.Namespace, argv: list[str] | None) -> int:
+    import torch
+
+    torch.set_num_threads(a.threads)
+    t0 = time.time()
+    for setting in a.settings:
+        os.makedirs(os.path.join(ARCHIVE_OUT, setting), exist_ok=True)
+        for name in a.recipes:
+            for seed in a.seeds:
+                path = os.path.join(ARCHIVE_OUT, setting, f"{name}_s{seed}.json")
+                old = _load_json(path)
+                from medhash_train.recipes import recipe
+
+                if old is not None and old["job"]["settings"] == recipe(name):
+                    continue
+                if a.table_only:
+                    continue
+                t = time.time()
+                rep = archive_run(setting, name, seed)
+                with open(path + ".tmp", "w") as fh:
+                    json.dump(rep, fh, default=float)
+                os.replace(path + ".tmp", path)
+                print(f"{setting} {name} s{seed}: archive mAP@100 {rep['rows']['model']['map']:.4f} (raw pixels "
+                      f"{rep['rows']['raw pixels']['map']:.4f}), mean AUROC {rep['mean_auroc']:.3f}, "
+                      f"{time.time() - t:.0f} s", file=sys.stderr, flush=True)
+    prev = os.path.join(ARCHIVE_OUT, "nih-test", "previous-default.json")
+    if not os.path.exists(prev) and os.path.exists(a.previous_model):
+        rep = previous_default_row(a.previous_model)
+        if rep is not None:
+            rep["model_file"] = os.path.basename(a.previous_model)
+            from medhash_sdk.encoder import Encoder
+
+            rep["fingerprint"] = Encoder(a.previous_model).fingerprint
+            with open(prev, "w") as fh:
+                json.dump(rep, fh, default=float)
+    cmd = "PYTHONPATH=.:export python benchmarks/retrieval_table.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    out = [f"# Unseen-archive protocol (headline)\n\nMade by:\n\n    {cmd}\n\n"
+           "mAP@100: each archive image is a query ranked against every image of the other archive patients "
+           "(relevant = shares a label, No Finding counts; Hamming ties broken at random, mean over 3 tie seeds). "
+           "95% intervals: patient bootstrap (2,000 replicates); differences are paired (same images, same "
+           "resampled patients). Recipes: export/medhash_train/recipes.py; every run keeps its last epoch.\n"]
+    for setting in a.settings:
+        extra = {}
+        if setting == "nih-test":
+            extra["previous default model (file, epoch chosen on validation)"] = _load_json(prev)
+            shipped = _load_json(os.path.join(ARCHIVE_OUT, "nih-test", "shipped-model.json"))
+            if shipped:
+                extra["shipped default model (file, through the Encoder)"] = shipped
+        out.append(f"## {setting}\n\n" + archive_table(setting, a.recipes, a.seeds, extra) + "\n")
+        if a.auroc_recipe:
+            out.append(f"Per-finding AUROC of {a.auroc_recipe} (seed 0), findings with >= 25 positive archive "
+                       f"images:\n\n" + auroc_table(setting, a.auroc_recipe) + "\n")
+    text = "\n".join(out)
+    with open(os.path.join(ARCHIVE_OUT, "table.md"), "w") as fh:
+        fh.write(text)
+    print(text)
+    print(f"total {time.time() - t0:.0f} s", file=sys.stderr)
+    return 0
+
+
+def archive_default_model(out: str, name: str, stability: bool = True) -> dict[str, Any]:
+    """Ship recipe `name`: its nih-test seed-0 checkpoint (trained by archive_run, or now), exported,
+    scored through the Encoder on the archive (and classically), the figures written into its
+    card together with the recipe's cross-collection figures, re-exported; codes' stability
+    across resolutions measured."""
+    import torch
+
+    from medhash_sdk.evaluation import evaluate_file
+    from medhash_train.onnx_export import export_checkpoint
+
+    ck_path = os.path.join(RUNS_DIR, f"nih-test_{name}_s0", "checkpoint.pt")
+    if not os.path.exists(ck_path):
+        rep = archive_run("nih-test", name, 0)
+        path = os.path.join(ARCHIVE_OUT, "nih-test", f"{name}_s0.json")
+        with open(path, "w") as fh:
+            json.dump(rep, fh, default=float)
+    data = [os.path.join(DATA_DIR, f) for f in DATASETS["nih"]]
+    tmp = os.path.splitext(out)[0] + "_noeval.onnx"
+    export_checkpoint(ck_path, tmp)
+    fig = evaluate_file(tmp, data, split="test", k=100, keep_aps=True)
+    arch = fig["unseen_archive"]
+    card_fig = {k: arch[k] for k in ("protocol", "images", "patients", "k", "rows", "vs_raw_pixels", "auroc",
+                                     "mean_auroc", "auroc_min_positives")}
+    cross = {}
+    for setting in ("nih1000-to-extra", "extra-to-nih1000"):
+        r = _load_json(os.path.join(ARCHIVE_OUT, setting, f"{name}_s0.json"))
+        p = _load_json(os.path.join(ARCHIVE_OUT, setting, "plain_s0.json"))
+        if r is not None:
+            from medhash_sdk.evaluation import compare
+
+            cross[setting] = {"recipe": name, "model": r["rows"]["model"], "raw pixels": r["rows"]["raw pixels"],
+                              "random": r["rows"]["random"], "vs_raw_pixels": r["vs_raw_pixels"]["model"],
+                              "mean_auroc": r["mean_auroc"], "images": r["images"], "patients": r["patients"]}
+            if p is not None:
+                cross[setting]["vs_plain_cnn"] = compare(np.asarray(r["aps"]["model"]), np.asarray(p["aps"]["model"]),
+                                                         np.asarray(r["patient_id"]))
+    ck = torch.load(ck_path, map_location="cpu", weights_only=True)
+    ck["metrics"] = {"unseen_archive_test": card_fig, "classic_test": fig.get("classic", {}),
+                     "cross_collection_recipe": cross,
+                     "note": "test patients never seen in training or recipe choice (recipe chosen by 3-fold "
+                             "patient-grouped cross-validation on the training patients); cross_collection_recipe: "
+                             "the same recipe trained on one NIH collection, scored on the other"}
+    torch.save(ck, ck_path)
+    card = export_checkpoint(ck_path, out)
+    os.unlink(tmp)
+    arch["model_file"] = os.path.basename(out)
+    arch["fingerprint"] = card.fingerprint
+    arch["classic"] = fig.get("classic")
+    if stability:
+        arch["stability"] = resolution_stability(out)
+    with open(os.path.join(ARCHIVE_OUT, "nih-test", "shipped-model.json"), "w") as fh:
+        json.dump(arch, fh, default=float)
+    return {"model": out, "fingerprint": card.fingerprint, "unseen_archive": arch["rows"],
+            "vs_raw_pixels": arch["vs_raw_pixels"], "mean_auroc": arch["mean_auroc"],
+            "stability": arch.get("stability"), "cross_collection": cross}
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     from medhash_train.commands import add_crop_options
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--protocol", choices=("archive", "classic"), default="archive",
+                   help="archive (default, the headline): recipes trained per setting, scored on an unseen archive "
+                        "(patient-bootstrap intervals, raw-pixel and random rows); classic: the earlier grid, "
+                        "test queries vs the training database")
+    p.add_argument("--settings", nargs="+", default=list(ARCHIVE_SETTINGS), choices=list(ARCHIVE_SETTINGS),
+                   help="archive: which train/archive settings")
+    p.add_argument("--recipes", nargs="+", default=ARCHIVE_RECIPES, help="archive: medhash_train.recipes names")
+    p.add_argument("--threads", type=int, default=2, help="archive: torch threads")
+    p.add_argument("--table-only", action="store_true", help="archive: only write the table from cached runs")
+    p.add_argument("--previous-model", default=os.path.join(ROOT, "medhash_sdk", "assets", "chestxr64.onnx"),
+                   help="archive: the previous default model file, scored once on nih-test (cached)")
+    p.add_argument("--auroc-recipe", default=None, help="archive: print this recipe's per-finding AUROC tables")
+    p.add_argument("--default-recipe", default=None,
+                   help="archive: with --default-model-out, the recipe to ship (its nih-test seed-0 run)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--dataset", choices=sorted(DATASETS), default="nih")
     p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     p.add_argument("--bits", nargs="+", type=int, default=[32, 64])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="training seeds (classic: 0 1 2; archive: 0)")
     p.add_argument("--epochs", type=int, default=None, help="override the budget's epochs")
     p.add_argument("--width", type=float, default=None, help="override the budget's backbone width")
     p.add_argument("--workers", type=int, default=None, help="parallel training processes (GPU: several share it)")
@@ -318,6 +617,15 @@ def main(argv: list[str] | None = None) -> int:
         global DATA_DIR
         DATA_DIR = os.path.abspath(a.data_dir)
         os.environ["MEDHASH_DATA"] = DATA_DIR     # spawned workers read it at import
+    if a.protocol == "archive":
+        a.seeds = a.seeds or [0]
+        rc = archive_main(a, argv)
+        if a.default_model_out:
+            if not a.default_recipe:
+                p.error("--default-model-out with the archive protocol needs --default-recipe")
+            print(json.dumps(archive_default_model(a.default_model_out, a.default_recipe), indent=1, default=float))
+        return rc
+    a.seeds = a.seeds or [0, 1, 2]
 
     budget = dict(BUDGETS[a.device])
     if a.epochs:

@@ -1,6 +1,6 @@
 """Retrieval metrics (numpy only): mAP@K, NDCG@K, precision@K over a Hamming (or any) ranking.
 
-Definitions (../docs method.md, "Evaluation"):
+Definitions:
 
 - relevance: a database item is relevant to a query when they share at least one label
   ("No Finding" is a label column of its own, so two normal images are relevant);
@@ -15,6 +15,10 @@ Definitions (../docs method.md, "Evaluation"):
 - Ties (equal Hamming distances are common): broken by database position after a seeded
   shuffle of the database (seed None keeps database order); every function takes `seeds` and
   returns the mean over them, because tie order alone moves mAP by 1-2 points.
+- Unseen archive (docs/model.md, "Protocol"): leave_patient_out_aps ranks each image of one
+  held-out set against the images of the OTHER patients in it (per-image APs);
+  patient_bootstrap gives the 95% interval of their mean by resampling patients; auroc /
+  per_label_auroc score the classifier head.
 """
 from __future__ import annotations
 
