@@ -11,8 +11,10 @@ may use), batch 32, real 1024 x 1024 NIH PNGs (../shared/data/nih_png_1024, cycl
   Encoder overlaps decoding with inference
 Targets: Encoder >= 2x torch eager; from files >= 90% of 1 / (1/decode + 1/model) on a CPU
 (decoding and the model share the cores), >= 90% of min(decode, model) on a GPU.
-The network is the paper's attention hashing net (medhash_train, random weights: speed does
-not depend on them) exported with medhash_train.onnx_export.
+The network: by default the bundled default model's architecture (rebuilt from its card's
+training config: network, width, bits, input size), with random weights (speed does not depend
+on them), exported with medhash_train.onnx_export; --like-model paper: the paper's attention
+hashing net at --width / --bits / --input-size (the figures before issue 10).
 """
 from __future__ import annotations
 
@@ -87,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="default: the CPUs this process may use")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    ap.add_argument("--like-model", default=str(ROOT / "medhash_sdk" / "assets" / "chestxr64.onnx"),
+                    help="measure this model file's architecture (random weights), or 'paper' for the paper net "
+                         "at --width/--bits/--input-size (default: the bundled default model)")
     args = ap.parse_args(argv)
 
     import torch
@@ -109,8 +114,20 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(0)
     labels = [f"label{i}" for i in range(15)]
-    model = build_model(NetConfig(nbits=args.bits, num_labels=len(labels), width=args.width,
-                                  stem="small" if args.input_size < 48 else "imagenet"))
+    if args.like_model == "paper":
+        net_cfg = NetConfig(nbits=args.bits, num_labels=len(labels), width=args.width,
+                            stem="small" if args.input_size < 48 else "imagenet")
+        what = f"paper net resnet18 width {args.width}"
+    else:
+        from medhash_train.trainer import TrainConfig, net_config_for
+
+        card = Encoder(args.like_model).card
+        tc = TrainConfig(**{k: v for k, v in card.training["config"].items() if k in TrainConfig.__dataclass_fields__})
+        net_cfg = net_config_for(tc, len(labels))
+        args.bits, args.input_size, args.width = tc.nbits, tc.input_size, tc.width
+        what = (f"{os.path.basename(args.like_model)}'s network ({card.method}: {tc.backbone} width {tc.width:g}, "
+                f"{'attention crop' if net_cfg.use_local else 'global only'})")
+    model = build_model(net_cfg)
     model.eval()
     spec = Preprocessing(input_size=args.input_size)
     tmp = tempfile.mkdtemp(prefix="medhash-bench-")
@@ -180,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     host = f"{platform.machine()}, {threads} threads ({available_cpus()} CPUs usable, {os.cpu_count()} on the machine)"
     print(f"\nEncoder benchmark: {host}; torch {torch.__version__}, onnxruntime "
-          f"{__import__('onnxruntime').__version__}; paper net resnet18 width {args.width}, "
+          f"{__import__('onnxruntime').__version__}; {what}, "
           f"{args.input_size} px, {args.bits} bits; {n} NIH PNGs 1024x1024, batch {bs}; "
           f"ORT vs torch bit agreement {agree:.4%}\n")
     print("| path | images/s | spread |\n|---|---:|---:|")

@@ -316,7 +316,8 @@ ARCHIVE_SETTINGS = {
     "extra-to-nih1000": "trained on all of nih_extra_128; the archive is nih1000_64 without the 27 patients "
                         "the two share",
 }
-ARCHIVE_RECIPES = ["plain", "paper", "con-codes"]
+ARCHIVE_RECIPES = ["plain", "paper", "con-features"]
+HYBRID_BITS = (64,)          # each run is also scored with 64 pixel bits appended (medhash_train.attention)
 
 
 def archive_set(setting: str) -> Any:
@@ -366,7 +367,8 @@ def archive_run(setting: str, name: str, seed: int) -> dict[str, Any]:
     settings = recipe(name)
     ds, x_all, raw = _archive_inputs(setting, settings["input_size"])
     cfg = TrainConfig(**settings, seed=seed, progress=False, recipe=name)
-    rep = heldout_report(cfg, ds, x_all, raw=raw, log=lambda m: print(f"  {setting} {name} s{seed}: {m}", file=sys.stderr))
+    rep = heldout_report(cfg, ds, x_all, raw=raw, log=lambda m: print(f"  {setting} {name} s{seed}: {m}", file=sys.stderr),
+                         hybrid_bits=HYBRID_BITS)
     res = rep.pop("_model")
     if setting == "nih-test":
         u, _ = torch_outputs(res.model, torch.from_numpy(x_all))
@@ -466,7 +468,8 @@ def archive_main(a: argparse.Namespace, argv: list[str] | None) -> int:
                 old = _load_json(path)
                 from medhash_train.recipes import recipe
 
-                if old is not None and old["job"]["settings"] == recipe(name):
+                if old is not None and old["job"]["settings"] == recipe(name) and (
+                        recipe(name).get("pixel_bits") or all(f"model+{n} pixel bits" in old["rows"] for n in HYBRID_BITS)):
                     continue
                 if a.table_only:
                     continue

@@ -1,10 +1,12 @@
-"""The bundled default model on real NIH radiographs of patients it never saw.
+"""The bundled default model on real NIH radiographs of patients it never saw, figures
+RECOMPUTED here (never read from the model's own card).
 
-The split is rebuilt from the data and checked against the one recorded in the model's card,
-so these figures are on the model's own held-out test patients. Needs ../shared/data.
+The split is rebuilt from the data with the rule recorded in the model and checked against the
+recorded split hashes, so the held-out images are the model's own test patients. Protocol: the
+unseen archive (docs/model.md): the 417 test images are the archive, each ranked against every
+image of the other test patients. Needs ../shared/data.
 """
 from __future__ import annotations
-
 
 import cv2
 import numpy as np
@@ -13,11 +15,13 @@ import pytest
 from medhash_sdk import Encoder
 from medhash_sdk.codes import unpack_codes
 from medhash_sdk.datasets import check_split, load_dataset
-from medhash_sdk.metrics import hamming_distance_matrix, map_at_k, shared_labels
+from medhash_sdk.evaluation import evaluate_file
 from _data import SHARED_DATA
 
 DATA = SHARED_DATA
 NPZ = [DATA / "nih1000_64.npz", DATA / "nih_extra_128.npz"]
+MARGIN_OVER_RAW_PIXELS = 0.02      # issue 10's target (mAP@100, unseen archive)
+MIN_MEAN_AUROC = 0.70              # issue 10's target (findings with >= 25 positive test images)
 
 
 @pytest.fixture(scope="module")
@@ -26,38 +30,39 @@ def encoder() -> Encoder:
 
 
 @pytest.fixture(scope="module")
-def nih():
+def report(encoder):
     if not all(p.is_file() for p in NPZ):
         pytest.skip(f"NIH data not found under {DATA}")
-    return load_dataset([str(p) for p in NPZ], split_seed=int(Encoder().card.training["split"]["seed"]))
+    return evaluate_file(encoder.model_path, [str(p) for p in NPZ], split="test", k=100)
 
 
-def test_split_is_the_one_the_model_was_trained_with(encoder, nih):
-    assert check_split(nih, encoder.card.training["split"]) == []
+def test_split_is_the_one_the_model_was_trained_with(encoder):
+    if not all(p.is_file() for p in NPZ):
+        pytest.skip(f"NIH data not found under {DATA}")
+    rule = encoder.card.training["split"]
+    ds = load_dataset([str(p) for p in NPZ], split_seed=int(rule["seed"]), fractions=rule["fractions"])
+    assert check_split(ds, rule) == []
 
 
-def test_beats_raw_pixels_on_unseen_patients(encoder, nih):
-    test = nih.indices("test")
-    db = nih.indices("train", "val")
-    codes = encoder.encode([nih.images[i] for i in range(len(nih))], batch_size=256)
-    relevance = shared_labels(nih.labels[test], nih.labels[db]) > 0
-    model_map = map_at_k(hamming_distance_matrix(codes[test], codes[db]), relevance, k=100)
-
-    # Reference: raw 32 x 32 pixels ranked by cosine (view and habitus already carry signal).
-    px = np.stack([cv2.resize(np.asarray(im, np.float32), (32, 32), interpolation=cv2.INTER_AREA).ravel()
-                   for im in nih.images])
-    px -= px.mean(1, keepdims=True)
-    px /= np.linalg.norm(px, axis=1, keepdims=True) + 1e-9
-    pixel_map = map_at_k(1.0 - px[test] @ px[db].T, relevance, k=100)
-
-    recorded = encoder.card.metrics["test"]["map@100"]
-    assert abs(model_map - recorded) < 0.01, (model_map, recorded)   # the card tells the truth
-    assert model_map > pixel_map + 0.03, (model_map, pixel_map)
+def test_beats_raw_pixels_on_an_unseen_archive(report):
+    a = report["unseen_archive"]
+    assert report["warnings"] == [] and a["images"] == 417
+    model, raw = a["rows"]["model"]["map"], a["rows"]["raw pixels"]["map"]
+    diff = a["vs_raw_pixels"]["model"]
+    assert diff["diff"] == pytest.approx(model - raw)
+    assert diff["diff"] >= MARGIN_OVER_RAW_PIXELS, (model, raw)
+    assert diff["ci95"][0] > 0, diff            # the paired patient-bootstrap interval excludes 0
+    assert a["rows"]["random"]["map"] < raw     # the anchors are in their usual order
 
 
-def test_codes_stable_across_resolutions(encoder, tmp_path):
-    """Every NIH PNG's code from the 1024 px file and from a 256 px copy agree on >= 90% of bits
-    (the crop's box is a hard decision; see README "A stable crop")."""
+def test_classifier_auroc_on_the_held_out_patients(report):
+    a = report["unseen_archive"]
+    assert len(a["auroc"]) >= 5 and all(v["positives"] >= 25 for v in a["auroc"].values())
+    assert a["mean_auroc"] >= MIN_MEAN_AUROC, a["auroc"]
+
+
+def test_codes_stable_across_resolutions(encoder):
+    """Every NIH PNG's code from the 1024 px file and from a 256 px copy agree on >= 90% of bits."""
     files = sorted((DATA / "nih_png_1024").glob("*.png"))
     if not files:
         pytest.skip("NIH PNGs not found")
@@ -68,4 +73,5 @@ def test_codes_stable_across_resolutions(encoder, tmp_path):
     full = unpack_codes(encoder.encode([str(f) for f in files]))
     low = unpack_codes(encoder.encode(small))
     agreement = (full == low).mean(axis=1)
-    assert agreement.mean() >= 0.95 and agreement.min() >= 0.90, agreement
+    assert len(agreement) == 48
+    assert agreement.min() >= 0.90, np.round(agreement, 3)

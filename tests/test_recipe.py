@@ -113,3 +113,43 @@ def test_train_recipe_flag_and_explicit_overrides():
     c = parser.parse_args(["train", "--data", "x.npz", "--out", "o"])
     assert train_settings(c)["method"] == "attention" and "recipe" not in train_settings(c)
     TrainConfig(**train_settings(b))                  # every key is a TrainConfig field
+
+
+def test_pixel_bits_are_simhash_of_the_standardised_32px_input():
+    from medhash_train.attention import pixel_code_logits, pixel_projection
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 1, 64, 64, generator=g)
+    proj = pixel_projection(4096, seed=0)
+    np.testing.assert_array_equal(proj.numpy(), pixel_projection(4096, seed=0).numpy())
+    a = pixel_code_logits(x, proj)
+    # brightness / contrast changes leave the standardised pixels, hence the bits, unchanged
+    b = pixel_code_logits(0.5 * x + 0.3, proj)
+    assert torch.equal(a > 0, b > 0)
+    # the share of differing bits estimates the angle between the two images' 32 x 32 pixels / pi
+    v = torch.nn.functional.avg_pool2d(x, 2).flatten(1)
+    v = v - v.mean(1, keepdim=True)
+    cos = float(torch.nn.functional.cosine_similarity(v[:1], v[1:]))
+    differ = float(((a[0] > 0) != (a[1] > 0)).float().mean())
+    assert differ == pytest.approx(math.acos(cos) / math.pi, abs=0.03)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        pixel_code_logits(torch.rand(1, 1, 48, 48), pixel_projection(8, 0))
+
+
+def test_network_with_pixel_bits_exports_them(tmp_path):
+    from medhash_sdk import Encoder
+    from medhash_sdk.codes import pack_codes
+    from medhash_sdk.preprocessing import Preprocessing, preprocess_batch
+    from medhash_train.attention import NetConfig, build_model
+    from medhash_train.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    net = build_model(NetConfig(nbits=16, num_labels=3, width=0.125, stem="small", use_local=False, pixel_bits=16)).eval()
+    card = export_onnx(net, Preprocessing(32), ["a", "b", "c"], "test", tmp_path / "m.onnx")
+    assert card.nbits == 32 and "16 pixel bits" in card.backbone
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 256, (40, 36), dtype=np.uint8) for _ in range(6)]
+    with torch.no_grad():
+        u = net(torch.from_numpy(preprocess_batch(imgs, Preprocessing(32))))[0].numpy()
+    assert u.shape == (6, 32)
+    np.testing.assert_array_equal(Encoder(str(tmp_path / "m.onnx")).encode(imgs), pack_codes(u))

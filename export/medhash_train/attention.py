@@ -37,6 +37,12 @@ Our decisions where the paper is silent (documented in the README's method notes
   the branches' size, so the local branch sees real detail, not upsampled pixels, at the same
   compute (as in AG-CNN, Guan et al. 2018, whose local branch crops the original image).
 - Fusion: concat(GAP(global stride-32 map), GAP(local stride-32 map)) -> FC -> tanh.
+- Pixel bits (option, pixel_bits > 0; not the paper's): the code gets pixel_bits more bits, the
+  signs of a fixed seeded Gaussian projection of the input averaged down to PIXEL_SIZE x
+  PIXEL_SIZE and standardised per image (SimHash of the raw-pixel reference: Hamming distance
+  over them estimates the angle between two images' standardised 32 x 32 pixels). No weights,
+  no training; the learned bits carry what the labels teach, these the appearance that raw
+  pixels show to be predictive on an unseen archive (docs/model.md).
 `use_local=False` gives the "global only" network that the baselines and the first ablation
 use; `detach_cls=True` trains the classification branch on detached features, so a baseline
 still ships meaningful probabilities and attention without the extra loss shaping its codes.
@@ -53,6 +59,8 @@ from torch import nn
 from .backbones import BACKBONES, STEMS, build_backbone
 
 OTSU_BINS = 32
+PIXEL_SIZE = 32            # side of the averaged input that pixel bits project (the raw-pixel reference's)
+PIXEL_SCALE = 8.0          # tanh(PIXEL_SCALE * projection): code logits in (-1, 1) like the learned ones
 BOX_RULES = ("extent", "moments")
 KRON_RESIZE_MAX = 1 << 18   # weight-matrix elements up to which an exported resize is one product
 
@@ -76,6 +84,8 @@ class NetConfig:
     min_evidence: float = 0.0        # crop weight = min(1, CAM evidence / this); 0: always the full crop
     local_scale: int = 1             # the input is this many times the branches' size (see AttentionHashNet)
     detach_cls: bool = False
+    pixel_bits: int = 0              # appended SimHash bits of the standardised 32 x 32 input (see above)
+    pixel_seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -103,6 +113,13 @@ class NetConfig:
             raise ValueError(f"min_evidence is a fraction in [0, 1], got {self.min_evidence}")
         if self.otsu_bins < 2:
             raise ValueError(f"otsu_bins must be >= 2, got {self.otsu_bins}")
+        if self.pixel_bits < 0 or self.pixel_bits % 8:
+            raise ValueError(f"pixel_bits must be a multiple of 8 >= 0, got {self.pixel_bits}")
+
+    @property
+    def code_bits(self) -> int:
+        """Length of the code: the learned bits plus the pixel bits."""
+        return self.nbits + self.pixel_bits
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -242,6 +259,27 @@ def resize_bilinear(f: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return (f.flatten(2) @ k.T).unflatten(2, (oh, ow))
 
 
+def pixel_projection(bits: int, seed: int) -> torch.Tensor:
+    """The fixed Gaussian matrix (PIXEL_SIZE^2, bits) of the pixel bits (seeded, float32)."""
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.randn(PIXEL_SIZE * PIXEL_SIZE, bits, generator=g) / float(PIXEL_SIZE)
+
+
+def pixel_code_logits(x: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
+    """tanh(PIXEL_SCALE * v @ proj) with v the input (N, C, S, S) averaged over channels and
+    down to PIXEL_SIZE^2 (S a multiple of it), centred and scaled to unit norm per image."""
+    side = x.shape[-1]
+    if side % PIXEL_SIZE or x.shape[-2] != side:
+        raise ValueError(f"pixel bits need a square input whose side is a multiple of {PIXEL_SIZE}, got {tuple(x.shape)}")
+    v = x.float().mean(1, keepdim=True)
+    if side > PIXEL_SIZE:
+        v = F.avg_pool2d(v, side // PIXEL_SIZE)
+    v = v.flatten(1)
+    v = v - v.mean(1, keepdim=True)
+    v = v / torch.clamp(torch.sqrt((v * v).sum(1, keepdim=True)), min=1e-6)
+    return torch.tanh(PIXEL_SCALE * (v @ proj.to(v.dtype)))
+
+
 class ClassificationBranch(nn.Module):
     """Feature pyramid on the stride-8 grid -> GAP -> linear -> sigmoid, and its CAM."""
 
@@ -292,6 +330,8 @@ class AttentionHashNet(nn.Module):
         feat = chans[2] * (2 if c.use_local else 1)
         self.hash = nn.Linear(feat, c.nbits)
         self.register_buffer("crop_enabled", torch.ones(()))
+        if c.pixel_bits:
+            self.register_buffer("pixel_proj", pixel_projection(c.pixel_bits, c.pixel_seed))
 
     def set_crop(self, enabled: bool) -> None:
         self.crop_enabled.fill_(1.0 if enabled else 0.0)
@@ -317,7 +357,10 @@ class AttentionHashNet(nn.Module):
         return self.crop_box(attn, evidence)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(code logits: the learned bits, then the pixel bits if any; probabilities; attention)."""
         u, probs, attn, _ = self.forward_all(x)
+        if self.config.pixel_bits:
+            u = torch.cat([u, pixel_code_logits(x, self.pixel_proj).to(u.dtype)], 1)
         return u, probs, attn
 
     def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -62,6 +62,9 @@ def register_train(sub: argparse._SubParsersAction) -> None:
                    help="NT-Xent on the code logits (default) or on a projection head of the pooled features")
     p.add_argument("--temperature", type=float, default=0.2, help="NT-Xent temperature (default 0.2)")
     p.add_argument("--balanced", action="store_true", help="class-balanced batches instead of uniform ones")
+    p.add_argument("--pixel-bits", type=int, default=0, metavar="N",
+                   help="append N bits: SimHash (fixed seeded projection, signs) of the input averaged to 32 x 32 "
+                        "and standardised; the code has bits + N bits (default 0)")
     p.add_argument("--channels", type=int, choices=(1, 3), default=1,
                    help="1: colour images converted to gray (default); 3: kept as RGB")
     p.add_argument("--epochs", type=int, default=20)
@@ -101,7 +104,7 @@ def train_settings(args: argparse.Namespace) -> dict:
                  backbone_weights=args.backbone_weights, progress=not args.no_progress,
                  local_scale=args.local_scale, box_jitter=args.box_jitter, min_evidence=args.min_evidence,
                  contrastive=args.contrastive, contrastive_on=args.contrastive_on, temperature=args.temperature,
-                 balanced=args.balanced)
+                 balanced=args.balanced, pixel_bits=args.pixel_bits)
     if not args.recipe:
         return given
     from .recipes import recipe

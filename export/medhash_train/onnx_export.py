@@ -54,14 +54,16 @@ def describe_backbone(cfg: NetConfig) -> str:
     local = f", local branch {cfg.local}" if cfg.use_local else ", global only"
     if cfg.local_scale > 1:
         local += f" cropping the full input, branches at 1/{cfg.local_scale} of it"
+    if cfg.pixel_bits:
+        local += f"; {cfg.nbits} learned bits + {cfg.pixel_bits} pixel bits (SimHash of the 32 x 32 input)"
     return f"{cfg.backbone} width {cfg.width:g}, {cfg.stem} stem{local}"
 
 
 def build_card(model: AttentionHashNet, spec: Preprocessing, labels: list[str], method: str,
                training: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None) -> ModelCard:
     cfg = model.config
-    return ModelCard(nbits=cfg.nbits, preprocessing=spec, labels=list(labels), method=method,
-                     fingerprint=model_fingerprint(model, spec, cfg.nbits, labels),
+    return ModelCard(nbits=cfg.code_bits, preprocessing=spec, labels=list(labels), method=method,
+                     fingerprint=model_fingerprint(model, spec, cfg.code_bits, labels),
                      backbone=describe_backbone(cfg), training=dict(training or {}),
                      metrics=dict(metrics or {}), versions=_versions())
 

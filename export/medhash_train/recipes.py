@@ -31,6 +31,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "con-codes-width0.5": dict(_CON, width=0.5),
     "con-codes-e60": dict(_CON, epochs=60),
     "con-codes-t0.5": dict(_CON, temperature=0.5),
+    "con-features-128b": dict(_PLAIN, contrastive=1.0, contrastive_on="features", nbits=128),
+    "con-features-width0.5": dict(_PLAIN, contrastive=1.0, contrastive_on="features", width=0.5),
     "paper": dict(method="attention", nbits=64, input_size=64, width=0.5, epochs=60, batch_size=64, lr=1e-3,
                   box_jitter=1.0, min_evidence=0.1),
 }

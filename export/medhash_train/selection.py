@@ -64,12 +64,14 @@ def cross_collection(train: ImageSet, test: ImageSet) -> ImageSet:
 
 def heldout_report(cfg: Any, ds: ImageSet, x_all: np.ndarray, raw: np.ndarray | None = None,
                    log: Callable[[str], None] | None = None, k: int = 100,
-                   eval_epochs: tuple[int, ...] = ()) -> dict[str, Any]:
+                   eval_epochs: tuple[int, ...] = (), hybrid_bits: tuple[int, ...] = ()) -> dict[str, Any]:
     """Train cfg on ds's "train" images, score its "test" images with the unseen-archive protocol.
 
     x_all: preprocessed inputs of every image of ds; raw: raw_pixel_vectors of the test images
     (computed when None). eval_epochs: also score the test images after these epochs (a look at
-    the curve for the record; the recipe's epoch count is what is chosen). Returns the report
+    the curve for the record; the recipe's epoch count is what is chosen). hybrid_bits: also score
+    the codes with that many pixel bits appended (rows "model+N pixel bits": what the same
+    network trained with pixel_bits=N gives, the pixel bits having no weights). Returns the report
     (per-image APs kept under "aps") plus "seconds", "history", "train_images".
     """
     import torch
@@ -98,6 +100,20 @@ def heldout_report(cfg: Any, ds: ImageSet, x_all: np.ndarray, raw: np.ndarray | 
     u, p = torch_outputs(res.model, xt)
     rep = unseen_archive_report(ds.labels[te], ds.patient_id[te], ds.label_names, codes=pack_codes(u), vectors=u,
                                 probabilities=p, raw=raw, k=k)
+    if hybrid_bits and not res.model.config.pixel_bits:
+        # the same codes with pixel bits appended, as a network trained with pixel_bits=n computes them
+        from medhash_sdk.evaluation import archive_aps_codes, compare, summarize
+
+        from .attention import pixel_code_logits, pixel_projection
+
+        pats = ds.patient_id[te]
+        for n in hybrid_bits:
+            px = pixel_code_logits(xt, pixel_projection(n, res.model.config.pixel_seed)).numpy()
+            aps = archive_aps_codes(pack_codes(np.concatenate([u, px], 1)), ds.labels[te], pats, k)
+            name = f"model+{n} pixel bits"
+            rep["aps"][name] = [float(a) for a in aps]
+            rep["rows"][name] = summarize(aps, pats)
+            rep["vs_raw_pixels"][name] = compare(aps, np.asarray(rep["aps"]["raw pixels"]), pats)
     rep.update(seconds=res.seconds, history=res.history, train_images=int((ds.split == "train").sum()),
                image_id=[str(x) for x in ds.image_id[te]], patient_id=[str(x) for x in ds.patient_id[te]])
     rep["_model"] = res

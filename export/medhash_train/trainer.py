@@ -72,6 +72,7 @@ class TrainConfig:
     contrastive_on: str = "codes"    # "codes": NT-Xent on the code logits; "features": on a projection head
     temperature: float = 0.2         # NT-Xent temperature
     balanced: bool = False           # class-balanced batches instead of uniform ones
+    pixel_bits: int = 0              # appended SimHash bits of the 32 x 32 input (attention.NetConfig)
     recipe: str | None = None        # the medhash_train.recipes name it started from (recorded only)
 
     def __post_init__(self) -> None:
@@ -130,7 +131,8 @@ def net_config_for(cfg: TrainConfig, num_labels: int) -> NetConfig:
     return NetConfig(nbits=cfg.nbits, num_labels=num_labels, in_ch=cfg.channels, backbone=cfg.backbone,
                      width=cfg.width, stem=cfg.resolved_stem, use_local=bool(m.get("use_local")),
                      detach_cls=bool(m.get("detach_cls", False)), local_scale=cfg.local_scale,
-                     box=cfg.box, box_jitter=cfg.box_jitter, min_evidence=cfg.min_evidence)
+                     box=cfg.box, box_jitter=cfg.box_jitter, min_evidence=cfg.min_evidence,
+                     pixel_bits=cfg.pixel_bits)
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -313,7 +315,7 @@ def checkpoint_dict(result: TrainResult, cfg: TrainConfig, ds: ImageSet) -> dict
         "preprocessing": result.preprocessing.to_dict(),
         "labels": list(result.labels),
         "method": cfg.method,
-        "nbits": cfg.nbits,
+        "nbits": result.net_config.code_bits,
         "training": training,
         "history": result.history,
     }

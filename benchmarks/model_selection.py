@@ -1,0 +1,183 @@
+"""Recipe choice by patient-grouped k-fold cross-validation on the TRAINING patients only.
+
+Data: NIH ChestX-ray14 from ../shared/data (nih1000_64 + nih_extra_128, deduplicated, 64 px),
+split by patient with split seed 0 exactly as the shipped model's data (70/10/20); the test
+split's 417 images are never read here. The 1,669 train + val images (775 patients) are cut
+into k patient-grouped folds; each recipe trains on k-1 folds for its fixed number of epochs
+(last epoch kept, no validation-based choice) and its held-out fold is scored with the
+unseen-archive protocol (query and database = the held-out fold's images, each query against
+the other held-out patients' images; medhash_sdk.evaluation). Every image is held out once,
+so the folds' per-image APs pool into one cross-validated mAP@100 with a patient-bootstrap
+95% interval, and two recipes compare image by image (paired interval of the difference).
+
+    PYTHONPATH=.:export python benchmarks/model_selection.py --recipes plain con-codes con-features
+
+One JSON per (recipe, fold, seed) under benchmarks/results/model/cv/ (cached: a finished run
+is not retrained), and the table benchmarks/results/model/cv/table.md with the command.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "export"))
+DATA_DIR = os.environ.get("MEDHASH_DATA", os.path.join(ROOT, "..", "shared", "data"))
+NIH = ["nih1000_64.npz", "nih_extra_128.npz"]
+OUT = os.path.join(ROOT, "benchmarks", "results", "model", "cv")
+
+from medhash_train.recipes import RECIPES  # noqa: E402  (after the sys.path lines)
+
+EVAL_EPOCHS = (10, 20, 30, 40, 60)
+HYBRID_BITS = (32, 64)       # each run is also scored with this many pixel bits appended
+
+
+def load_pool(fold_seed: int, k: int):
+    from medhash_sdk.datasets import load_dataset
+
+    ds = load_dataset([os.path.join(DATA_DIR, f) for f in NIH], split_seed=0)
+    pool = ds.indices("train", "val")
+    from medhash_train.selection import patient_folds
+
+    return ds, pool, patient_folds(ds.patient_id[pool], k, fold_seed)
+
+
+def run(recipe: str, fold: int, seed: int, k: int, fold_seed: int, cache: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from medhash_sdk.evaluation import raw_pixel_vectors
+    from medhash_sdk.preprocessing import Preprocessing
+    from medhash_sdk.datasets import to_network_input
+    from medhash_train.selection import fold_set, heldout_report
+    from medhash_train.trainer import TrainConfig
+
+    settings = RECIPES[recipe]
+    key = ("pool", fold_seed, k)
+    if key not in cache:
+        cache[key] = load_pool(fold_seed, k)
+    ds, pool, folds = cache[key]
+    fs = fold_set(ds, pool, folds, fold)
+    xkey = ("x", settings["input_size"], fold_seed, k, fold)
+    if xkey not in cache:
+        cache[xkey] = to_network_input(fs, Preprocessing(settings["input_size"]))
+    rkey = ("raw", fold_seed, k, fold)
+    if rkey not in cache:
+        cache[rkey] = raw_pixel_vectors([fs.images[i] for i in fs.indices("test")])
+    cfg = TrainConfig(**settings, seed=seed, progress=False)
+    rep = heldout_report(cfg, fs, cache[xkey], raw=cache[rkey], log=lambda m: print(f"  {recipe} f{fold}: {m}", file=sys.stderr, flush=True),
+                         eval_epochs=tuple(e for e in EVAL_EPOCHS if e < cfg.epochs), hybrid_bits=HYBRID_BITS)
+    rep.pop("_model")
+    rep["job"] = dict(recipe=recipe, settings=settings, fold=fold, k=k, fold_seed=fold_seed, seed=seed,
+                      torch=torch.__version__, threads=torch.get_num_threads())
+    return rep
+
+
+def table(recipes: list[str], k: int, fold_seed: int, seeds: list[int], ref: str = "plain") -> str:
+    from medhash_sdk.evaluation import compare
+    from medhash_train.selection import pooled_report
+
+    def parts_of(r: str, s: int) -> list[dict[str, Any]] | None:
+        out = []
+        for f in range(k):
+            path = os.path.join(OUT, f"{r}_k{k}fs{fold_seed}_f{f}_s{s}.json")
+            if not os.path.exists(path):
+                return None
+            with open(path) as fh:
+                out.append(json.load(fh))
+        return out
+
+    lines = [f"| recipe | seed | CV mAP@100 [95% CI] | float u, cosine | vs raw pixels [95% CI] | vs {ref} [95% CI] "
+             "| mean AUROC | min per-fold s |", "|---|---|---|---|---|---|---|---|"]
+    raw_line = None
+    for r in recipes:
+        for s in seeds:
+            parts = parts_of(r, s)
+            if parts is None:
+                continue
+            pr = pooled_report(parts)
+            ref_parts = parts_of(ref, s)
+            pat = np.concatenate([p["patient_id"] for p in parts])
+            variants = ["model"] + [v for v in pr["rows"] if v.startswith("model+")]
+            for v in variants:
+                vs_ref = "-"
+                if ref_parts is not None and (r != ref or v != "model"):
+                    a = np.concatenate([p["aps"][v] for p in parts])
+                    b = np.concatenate([p["aps"]["model"] for p in ref_parts])
+                    assert [x for p in parts for x in p["image_id"]] == [x for p in ref_parts for x in p["image_id"]]
+                    c = compare(a, b, pat)
+                    vs_ref = f"{c['diff']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]"
+                m = pr["rows"][v]
+                vr = pr["vs_raw_pixels"][v]
+                fl = pr["rows"].get("model float", {}).get("map", float("nan")) if v == "model" else float("nan")
+                name = r if v == "model" else f"{r} {v[len('model'):]}"
+                lines.append(f"| {name} | {s} | {m['map']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] | "
+                             f"{'-' if np.isnan(fl) else f'{fl:.3f}'} | "
+                             f"{vr['diff']:+.3f} [{vr['ci95'][0]:+.3f}, {vr['ci95'][1]:+.3f}] | {vs_ref} | "
+                             f"{pr['mean_auroc']:.3f} | {min(p['seconds'] for p in parts):.0f} |")
+            if raw_line is None:
+                rp, rd = pr["rows"]["raw pixels"], pr["rows"]["random"]
+                raw_line = (f"| raw pixels 32 x 32, standardised, cosine | - | {rp['map']:.3f} [{rp['ci95'][0]:.3f}, "
+                            f"{rp['ci95'][1]:.3f}] | | | | | |\n| random ranking | - | {rd['map']:.3f} "
+                            f"[{rd['ci95'][0]:.3f}, {rd['ci95'][1]:.3f}] | | | | | |")
+    if raw_line:
+        lines.append(raw_line)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipes", nargs="+", default=["plain", "con-codes"], choices=sorted(RECIPES))
+    p.add_argument("--folds", type=int, default=3)
+    p.add_argument("--fold-seed", type=int, default=0)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--table-only", action="store_true")
+    a = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(a.threads)
+    os.makedirs(OUT, exist_ok=True)
+    cache: dict[str, Any] = {}
+    t0 = time.time()
+    if not a.table_only:
+        for f in range(a.folds):        # fold outermost: every recipe's first fold comes first
+            for r in a.recipes:
+                for s in a.seeds:
+                    path = os.path.join(OUT, f"{r}_k{a.folds}fs{a.fold_seed}_f{f}_s{s}.json")
+                    if os.path.exists(path):
+                        with open(path) as fh:
+                            old = json.load(fh)
+                        if old["job"]["settings"] == RECIPES[r] and all(
+                                f"model+{n} pixel bits" in old["rows"] for n in HYBRID_BITS):
+                            continue
+                    t = time.time()
+                    rep = run(r, f, s, a.folds, a.fold_seed, cache)
+                    with open(path + ".tmp", "w") as fh:
+                        json.dump(rep, fh, default=float)
+                    os.replace(path + ".tmp", path)
+                    print(f"{r} fold {f} seed {s}: held-out mAP@100 {rep['rows']['model']['map']:.4f} "
+                          f"(raw {rep['rows']['raw pixels']['map']:.4f}), AUROC {rep['mean_auroc']:.3f}, "
+                          f"{time.time() - t:.0f} s", file=sys.stderr, flush=True)
+    done = sorted({f.split("_k")[0] for f in os.listdir(OUT) if f.endswith(".json")}, key=list(RECIPES).index)
+    tab = table(done, a.folds, a.fold_seed, sorted({0, *a.seeds}) if a.table_only else a.seeds)
+    cmd = "PYTHONPATH=.:export python benchmarks/model_selection.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    note = (f"\n\n{a.folds}-fold patient-grouped cross-validation over the 1,669 train + val images of the NIH split "
+            f"(fold seed {a.fold_seed}); unseen-archive protocol inside each held-out fold, per-image APs pooled over "
+            "the folds; 95% intervals: patient bootstrap (2,000 replicates), paired for differences. Recipes in "
+            "benchmarks/model_selection.py RECIPES. Made by:\n\n    " + cmd + "\n")
+    with open(os.path.join(OUT, "table.md"), "w") as fh:
+        fh.write(tab + note)
+    print(tab + note)
+    print(f"total {time.time() - t0:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
