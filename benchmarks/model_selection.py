@@ -33,7 +33,8 @@ DATA_DIR = os.environ.get("MEDHASH_DATA", os.path.join(ROOT, "..", "shared", "da
 NIH = ["nih1000_64.npz", "nih_extra_128.npz"]
 OUT = os.path.join(ROOT, "benchmarks", "results", "model", "cv")
 
-from medhash_train.recipes import RECIPES  # noqa: E402  (after the sys.path lines)
+from medhash_train.recipes import RECIPES, resolve  # noqa: E402  (after the sys.path lines)
+PRETRAIN_CACHE = os.path.join(ROOT, "benchmarks", ".cache", "pretrain")
 
 EVAL_EPOCHS = (10, 20, 30, 40, 60)
 HYBRID_BITS = (32, 64)       # each run is also scored with this many pixel bits appended
@@ -70,7 +71,7 @@ def run(recipe: str, fold: int, seed: int, k: int, fold_seed: int, cache: dict[s
     rkey = ("raw", fold_seed, k, fold)
     if rkey not in cache:
         cache[rkey] = raw_pixel_vectors([fs.images[i] for i in fs.indices("test")])
-    cfg = TrainConfig(**settings, seed=seed, progress=False)
+    cfg = TrainConfig(**resolve(settings, DATA_DIR, PRETRAIN_CACHE), seed=seed, progress=False)
     rep = heldout_report(cfg, fs, cache[xkey], raw=cache[rkey], log=lambda m: print(f"  {recipe} f{fold}: {m}", file=sys.stderr, flush=True),
                          eval_epochs=tuple(e for e in EVAL_EPOCHS if e < cfg.epochs), hybrid_bits=HYBRID_BITS)
     rep.pop("_model")

@@ -360,13 +360,14 @@ def archive_run(setting: str, name: str, seed: int) -> dict[str, Any]:
     from medhash_sdk.codes import pack_codes
     from medhash_sdk.evaluation import evaluate_codes
     from medhash_train.evaluate import torch_outputs
-    from medhash_train.recipes import recipe
+    from medhash_train.recipes import recipe, resolve
     from medhash_train.selection import heldout_report
     from medhash_train.trainer import TrainConfig, checkpoint_dict, save_checkpoint
 
     settings = recipe(name)
     ds, x_all, raw = _archive_inputs(setting, settings["input_size"])
-    cfg = TrainConfig(**settings, seed=seed, progress=False, recipe=name)
+    cfg = TrainConfig(**resolve(settings, DATA_DIR, os.path.join(ROOT, "benchmarks", ".cache", "pretrain")),
+                      seed=seed, progress=False, recipe=name)
     rep = heldout_report(cfg, ds, x_all, raw=raw, log=lambda m: print(f"  {setting} {name} s{seed}: {m}", file=sys.stderr),
                          hybrid_bits=HYBRID_BITS)
     res = rep.pop("_model")

@@ -153,3 +153,21 @@ def test_network_with_pixel_bits_exports_them(tmp_path):
         u = net(torch.from_numpy(preprocess_batch(imgs, Preprocessing(32))))[0].numpy()
     assert u.shape == (6, 32)
     np.testing.assert_array_equal(Encoder(str(tmp_path / "m.onnx")).encode(imgs), pack_codes(u))
+
+
+def test_simclr_pretraining_is_cached_and_loads_into_the_network(tmp_path):
+    p = tmp_path / "unlabelled.npz"
+    rng = np.random.default_rng(0)
+    np.savez(p, images=rng.integers(0, 256, (24, 40, 40), dtype=np.uint8))
+    cfg = C.PretrainConfig(input_size=32, width=0.125, stem="small", epochs=1, batch_size=8, progress=False)
+    logs = []
+    path = C.pretrained_backbone([str(p)], cfg, str(tmp_path / "cache"), log=logs.append)
+    assert path.endswith(".pt") and any("written" in m for m in logs)
+    again = C.pretrained_backbone([str(p)], cfg, str(tmp_path / "cache"), log=logs.append)
+    assert again == path and "from the cache" in logs[-1]
+    from medhash_train.attention import NetConfig, build_model
+
+    sd = torch.load(path, weights_only=True)["state_dict"]
+    net = build_model(NetConfig(nbits=16, num_labels=2, width=0.125, stem="small", use_local=False), path)
+    for k, v in sd.items():
+        assert torch.equal(net.backbone.state_dict()[k], v)

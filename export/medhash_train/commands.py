@@ -62,6 +62,10 @@ def register_train(sub: argparse._SubParsersAction) -> None:
                    help="NT-Xent on the code logits (default) or on a projection head of the pooled features")
     p.add_argument("--temperature", type=float, default=0.2, help="NT-Xent temperature (default 0.2)")
     p.add_argument("--balanced", action="store_true", help="class-balanced batches instead of uniform ones")
+    p.add_argument("--pretrain-data", nargs="+", default=(), metavar="NPZ",
+                   help="SimCLR-pretrain the backbone on these .npz files' images first (their 'test' split "
+                        "left out); names not found as given are looked up beside the first --data file")
+    p.add_argument("--pretrain-epochs", type=int, default=0, help="pretraining epochs (default 0: none)")
     p.add_argument("--pixel-bits", type=int, default=0, metavar="N",
                    help="append N bits: SimHash (fixed seeded projection, signs) of the input averaged to 32 x 32 "
                         "and standardised; the code has bits + N bits (default 0)")
@@ -104,11 +108,15 @@ def train_settings(args: argparse.Namespace) -> dict:
                  backbone_weights=args.backbone_weights, progress=not args.no_progress,
                  local_scale=args.local_scale, box_jitter=args.box_jitter, min_evidence=args.min_evidence,
                  contrastive=args.contrastive, contrastive_on=args.contrastive_on, temperature=args.temperature,
-                 balanced=args.balanced, pixel_bits=args.pixel_bits)
-    if not args.recipe:
-        return given
-    from .recipes import recipe
+                 balanced=args.balanced, pixel_bits=args.pixel_bits, pretrain_data=tuple(args.pretrain_data),
+                 pretrain_epochs=args.pretrain_epochs)
+    import os
 
+    from .recipes import recipe, resolve
+
+    data_dir = os.path.dirname(os.path.abspath(args.data[0]))
+    if not args.recipe:
+        return resolve(given, data_dir, os.path.join(args.out, "pretrain"))
     settings = recipe(args.recipe)
     flag = {"nbits": "bits", "progress": "no_progress"}
     for key, value in given.items():
@@ -116,7 +124,7 @@ def train_settings(args: argparse.Namespace) -> dict:
         if getattr(args, dest) != args.parser.get_default(dest) or key not in settings:
             settings[key] = value
     settings["recipe"] = args.recipe
-    return settings
+    return resolve(settings, data_dir, os.path.join(args.out, "pretrain"))
 
 
 def run_train(args: argparse.Namespace) -> int:

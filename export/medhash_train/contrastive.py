@@ -176,3 +176,35 @@ def simclr_pretrain(x: np.ndarray, cfg: PretrainConfig, log: Callable[[str], Non
             log(f"pretrain epoch {epoch + 1}/{cfg.epochs}: NT-Xent {run / steps:.4f} ({time.time() - t0:.0f} s)")
     return {"state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}, "config": asdict(cfg),
             "history": history, "seconds": time.time() - t0, "images": int(len(xt))}
+
+
+def pretrained_backbone(data: Sequence[str], cfg: PretrainConfig, cache_dir: str | None,
+                        log: Callable[[str], None] | None = None) -> str:
+    """Path of a backbone state_dict pretrained with SimCLR on the images of `data` (.npz files,
+    their "test" split left out; load_unlabelled). With cache_dir the file is named by a hash of
+    the files' names and sizes and the config, and reused when it exists; it holds the
+    pretraining record beside the weights (torch.load(weights_only=True) reads both)."""
+    import hashlib
+    import json
+
+    from medhash_sdk.preprocessing import Preprocessing, preprocess_batch
+
+    log = log or (lambda s: print(s, file=sys.stderr))
+    key = json.dumps({"data": [(os.path.basename(p), os.path.getsize(p)) for p in data],
+                      "config": {k: v for k, v in asdict(cfg).items() if k != "progress"}}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    folder = cache_dir or "."
+    path = os.path.join(folder, f"simclr-{digest}.pt")
+    if cache_dir and os.path.exists(path):
+        log(f"pretrained backbone from the cache: {path}")
+        return path
+    images, notes = load_unlabelled(data)
+    log(f"SimCLR pretraining on {len(images)} images ({'; '.join(notes)}), {cfg.epochs} epochs")
+    x = preprocess_batch(images, Preprocessing(cfg.input_size))
+    res = simclr_pretrain(x, cfg, log)
+    os.makedirs(folder, exist_ok=True)
+    torch.save({"state_dict": res["state_dict"], "record": json.dumps({k: v for k, v in res.items() if k != "state_dict"}
+                                                                      | {"data": notes})}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    log(f"pretrained backbone written to {path} ({res['seconds']:.0f} s)")
+    return path

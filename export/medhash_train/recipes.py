@@ -15,14 +15,17 @@ from __future__ import annotations
 
 from typing import Any
 
+PRETRAIN_DATA = ("kermany_pneumonia_128.npz", "covid_hannover_128.npz")
+
 _PLAIN: dict[str, Any] = dict(method="dpsh-bce", nbits=64, input_size=64, width=0.33, epochs=30, batch_size=64,
                               lr=1e-3)
 _CON: dict[str, Any] = dict(_PLAIN, contrastive=1.0, contrastive_on="codes")
+_FEAT: dict[str, Any] = dict(_PLAIN, contrastive=1.0, contrastive_on="features")
 
 RECIPES: dict[str, dict[str, Any]] = {
     "plain": _PLAIN,
     "con-codes": _CON,
-    "con-features": dict(_PLAIN, contrastive=1.0, contrastive_on="features"),
+    "con-features": _FEAT,
     "con-codes-w0.5": dict(_CON, contrastive=0.5),
     "con-codes-w2": dict(_CON, contrastive=2.0),
     "con-codes-dch": dict(_CON, method="dch-bce"),
@@ -31,8 +34,15 @@ RECIPES: dict[str, dict[str, Any]] = {
     "con-codes-width0.5": dict(_CON, width=0.5),
     "con-codes-e60": dict(_CON, epochs=60),
     "con-codes-t0.5": dict(_CON, temperature=0.5),
-    "con-features-128b": dict(_PLAIN, contrastive=1.0, contrastive_on="features", nbits=128),
-    "con-features-width0.5": dict(_PLAIN, contrastive=1.0, contrastive_on="features", width=0.5),
+    "con-features-128b": dict(_FEAT, nbits=128),
+    "con-features-width0.5": dict(_FEAT, width=0.5),
+    "con-features-w2": dict(_FEAT, contrastive=2.0),
+    "con-features-mu3": dict(_FEAT, mu=3.0),
+    "con-features-e60": dict(_FEAT, epochs=60),
+    # SimCLR pretraining of the backbone on the radiographs that carry no NIH label (Kermany's
+    # paediatric films without its test split, and the adult COVID-19 films): no NIH image, so no
+    # held-out fold or collection is ever seen, even unlabelled
+    "con-features-pre": dict(_FEAT, pretrain_data=list(PRETRAIN_DATA), pretrain_epochs=30),
     "paper": dict(method="attention", nbits=64, input_size=64, width=0.5, epochs=60, batch_size=64, lr=1e-3,
                   box_jitter=1.0, min_evidence=0.1),
 }
@@ -43,3 +53,16 @@ def recipe(name: str) -> dict[str, Any]:
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
     return dict(RECIPES[name])
+
+
+def resolve(settings: dict[str, Any], data_dir: str, pretrain_cache: str | None = None) -> dict[str, Any]:
+    """settings with pretrain_data names found in data_dir (names that exist as given are kept)
+    and pretrain_cache set: what TrainConfig(**...) takes."""
+    import os
+
+    out = dict(settings)
+    if out.get("pretrain_data"):
+        out["pretrain_data"] = [p if os.path.exists(p) else os.path.join(data_dir, p) for p in out["pretrain_data"]]
+        if pretrain_cache is not None:
+            out["pretrain_cache"] = pretrain_cache
+    return out

@@ -73,6 +73,9 @@ class TrainConfig:
     temperature: float = 0.2         # NT-Xent temperature
     balanced: bool = False           # class-balanced batches instead of uniform ones
     pixel_bits: int = 0              # appended SimHash bits of the 32 x 32 input (attention.NetConfig)
+    pretrain_data: tuple[str, ...] = ()   # .npz files for SimCLR pretraining of the backbone first
+    pretrain_epochs: int = 0         # > 0: pretrain (medhash_train.contrastive) unless backbone_weights is set
+    pretrain_cache: str | None = None     # folder where pretrained backbones are kept and reused
     recipe: str | None = None        # the medhash_train.recipes name it started from (recorded only)
 
     def __post_init__(self) -> None:
@@ -201,7 +204,17 @@ def train(cfg: TrainConfig, ds: ImageSet, log: Callable[[str], None] | None = No
     x_va = torch.from_numpy(x_all[va]) if len(va) else None
 
     net_cfg = net_config_for(cfg, len(ds.label_names))
-    model = build_model(net_cfg, cfg.backbone_weights).to(dev).to(memory_format=cl)
+    weights = cfg.backbone_weights
+    if weights is None and cfg.pretrain_epochs > 0:
+        from .contrastive import PretrainConfig, pretrained_backbone
+
+        if not cfg.pretrain_data:
+            raise ValueError("pretrain_epochs > 0 needs pretrain_data (.npz files of radiographs)")
+        pc = PretrainConfig(input_size=cfg.input_size, backbone=cfg.backbone, width=cfg.width, stem=net_cfg.stem,
+                            epochs=cfg.pretrain_epochs, seed=cfg.seed, device=cfg.device, progress=cfg.progress)
+        weights = pretrained_backbone(list(cfg.pretrain_data), pc, cfg.pretrain_cache, log)
+        _seed_all(cfg.seed)          # the hashing stage starts from the same RNG state as without pretraining
+    model = build_model(net_cfg, weights).to(dev).to(memory_format=cl)
     loss_fn = make_loss(cfg.method, cfg.nbits, len(ds.label_names), **cfg.loss_args).to(dev)
     mu = float(METHODS[cfg.method].get("mu", 1.0)) if cfg.mu < 0 else float(cfg.mu)
     pos_weight = _cls_pos_weight(ds.labels[tr]).to(dev)
@@ -294,6 +307,16 @@ def train(cfg: TrainConfig, ds: ImageSet, log: Callable[[str], None] | None = No
                        time.time() - t0)
 
 
+def _portable(config: dict[str, Any]) -> dict[str, Any]:
+    """The config with file names instead of local paths (a shipped model names no local folder)."""
+    c = dict(config)
+    if c.get("backbone_weights"):
+        c["backbone_weights"] = os.path.basename(str(c["backbone_weights"]))
+    c["pretrain_data"] = [os.path.basename(str(p)) for p in c.get("pretrain_data") or ()]
+    c["pretrain_cache"] = None
+    return c
+
+
 def checkpoint_dict(result: TrainResult, cfg: TrainConfig, ds: ImageSet) -> dict[str, Any]:
     """Everything `medhash export` needs, as plain types + tensors (torch.load(weights_only=True))."""
     training = {
@@ -305,7 +328,7 @@ def checkpoint_dict(result: TrainResult, cfg: TrainConfig, ds: ImageSet) -> dict
         "chosen_epoch": result.best_epoch,
         "selection": f"best val mAP@{cfg.val_k}",
         "val": {k: float(v) for k, v in result.best_val.items()},
-        "config": asdict(cfg),
+        "config": _portable(asdict(cfg)),
         "color": "converted to grayscale" if cfg.channels == 1 else "kept as RGB",
     }
     return {
