@@ -33,8 +33,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from medhash_sdk.exceptions import MedhashError
-from medhash_sdk.preprocessing import Preprocessing, preprocess, preprocess_batch
+from .exceptions import MedhashError
+from .pipeline import decode_ahead, raise_first_error
+from .preprocessing import Preprocessing, preprocess, preprocess_batch
 
 SPLITS = ("train", "val", "test")
 NO_FINDING = "No Finding"
@@ -303,20 +304,22 @@ def read_pixels(item: Any) -> np.ndarray:
     """An array as is, or a file read by the runtime's reader (the Encoder's)."""
     if isinstance(item, np.ndarray):
         return item
-    from medhash_sdk.readers import read_image
+    from .readers import read_image
 
     return read_image(item).pixels
 
 
 def to_network_input(ds: ImageSet, spec: Preprocessing, idx: np.ndarray | None = None) -> np.ndarray:
-    """float32 (n, C, S, S) through medhash_sdk.preprocessing (the Encoder's code path)."""
+    """float32 (n, C, S, S) through medhash_sdk.preprocessing (the Encoder's code path); files
+    are decoded ahead in a thread pool (medhash_sdk.pipeline)."""
     idx = np.arange(len(ds)) if idx is None else np.asarray(idx)
     items = [ds.images[i] for i in idx]
     if all(isinstance(it, np.ndarray) for it in items):
         return preprocess_batch(items, spec)
     out = np.empty((len(items), spec.channels, spec.input_size, spec.input_size), dtype=np.float32)
-    for j, it in enumerate(items):
-        out[j] = preprocess(read_pixels(it), spec)
+    decoded = raise_first_error(decode_ahead(items, lambda it: preprocess(read_pixels(it), spec)))
+    for j, d in enumerate(decoded):
+        out[j] = d.value
     return out
 
 

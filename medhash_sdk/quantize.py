@@ -28,6 +28,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from .codes import unpack_codes
+from .pipeline import decode_ahead, raise_first_error
 
 
 @dataclass
@@ -44,12 +45,10 @@ class Agreement:
                 f"{self.identical_codes:.2%}, max |dp| {self.max_prob_diff:.4f}")
 
 
-def _preprocessed(encoder: Any, inputs: Sequence[Any], batch_size: int = 32) -> np.ndarray:
-    load = encoder.loader()
-    xs: list[np.ndarray] = []
-    for s in range(0, len(inputs), batch_size):
-        xs.extend(load(x) for x in inputs[s:s + batch_size])
-    return np.stack(xs).astype(np.float32)
+def _preprocessed(encoder: Any, inputs: Sequence[Any]) -> np.ndarray:
+    """float32 (n, C, S, S): the inputs decoded ahead (medhash_sdk.pipeline) by the Encoder's loader."""
+    decoded = raise_first_error(decode_ahead(list(inputs), encoder.loader()))
+    return np.stack([d.value for d in decoded]).astype(np.float32)
 
 
 def agreement(reference: Any, other: Any, x: np.ndarray, batch_size: int = 32) -> Agreement:

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from _dicom_files import make_dataset, save
-from medhash_sdk.batch import ShardDir, ShardDirError, encode_to_shards, shard_slices
+from medhash_sdk.batch import ShardDir, ShardDirError, encode_to_shards
+from medhash_sdk.batch.job import shard_slices
 from medhash_sdk.encoder import Encoder
 from medhash_sdk.exceptions import ModelMismatchError
 from medhash_sdk.index import Index

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .arguments import positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="retrieval mAP@K / NDCG@K of an exported model on a dataset",
@@ -22,16 +24,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="exported .onnx model")
     p.add_argument("--data", required=True, nargs="+", metavar="PATH", help="same formats as `medhash train`")
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="query split (default test)")
-    p.add_argument("--k", type=int, default=100, help="cut-off K of mAP@K, NDCG@K, precision@K (default 100)")
-    p.add_argument("--tie-seeds", type=int, default=3, help="tie-breaking shuffles averaged (default 3)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--k", type=positive_int, default=100, help="cut-off K of mAP@K, NDCG@K, precision@K (default 100)")
+    p.add_argument("--tie-seeds", type=positive_int, default=3, help="tie-breaking shuffles averaged (default 3)")
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--json", action="store_true", help="print one JSON object (keys in the module docstring)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.k < 1:
-        raise ValueError(f"--k must be >= 1, got {args.k}")
     from ..evaluation import evaluate_file
     res = evaluate_file(args.model, args.data, split=args.split, k=args.k,
                         seeds=tuple(range(max(1, args.tie_seeds))), batch_size=args.batch_size)
