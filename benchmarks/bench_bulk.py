@@ -36,6 +36,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from _report import recorded
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data" / "nih_png_1024"
@@ -252,4 +254,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    with recorded("bench_bulk"):
+        status = main()
+    raise SystemExit(status)

@@ -31,6 +31,8 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
+from _report import recorded
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data" / "nih_png_1024"
@@ -205,4 +207,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with recorded("bench_encode"):
+        status = main()
+    raise SystemExit(status)

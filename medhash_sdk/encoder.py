@@ -35,11 +35,6 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 #: Batches decoded ahead of the one the model runs on (the decode window, in batches).
 PREFETCH = 2
 
-#: Modalities and body parts the bundled chest X-ray model was trained on (NIH ChestX-ray14).
-RADIOGRAPH_MODALITIES = ("CR", "DX")
-CHEST_TERMS = ("CHEST", "THORAX", "LUNG", "PULMONARY")
-
-
 def default_model_path() -> Path:
     """Path of the bundled model, or ModelFileError when this installation has none."""
     p = ASSETS / DEFAULT_MODEL
@@ -49,20 +44,6 @@ def default_model_path() -> Path:
             "pass a model file instead: Encoder('model.onnx') (make one with `medhash train` and "
             "`medhash export CHECKPOINT --out model.onnx`)")
     return p
-
-
-def assess(facts: dict[str, Any]) -> list[str]:
-    """Reasons why an input is not what a chest radiograph model was trained on (empty: none known)."""
-    if facts.get("format") != "dicom":
-        return []
-    problems = []
-    modality = (facts.get("modality") or "").upper()
-    if modality not in RADIOGRAPH_MODALITIES:
-        problems.append(f"modality {modality or 'missing'} is not a radiograph ({'/'.join(RADIOGRAPH_MODALITIES)})")
-    part = " ".join(str(facts.get(k) or "") for k in ("body_part", "anatomic_region")).upper()
-    if part.strip() and not any(t in part for t in CHEST_TERMS):
-        problems.append(f"body part {part.strip()} is not the chest")
-    return problems
 
 
 def notes_for(facts: dict[str, Any], problems: list[str]) -> list[str]:
@@ -208,21 +189,33 @@ class Encoder:
                                  f"expected ({x.shape[0]}, {self.nbits}) from the model card")
         return out
 
-    def encode_preprocessed(self, batch: np.ndarray) -> np.ndarray:
-        """Already preprocessed float32 (n, C, S, S) -> uint8 codes (n, nbits // 8)."""
+    def _check_preprocessed(self, batch: np.ndarray) -> np.ndarray:
         x = np.asarray(batch, dtype=np.float32)
         want = (self.card.channels, self.input_size, self.input_size)
         if x.ndim != 4 or x.shape[1:] != want:
             raise ValueError(f"preprocessed batch must have shape (n, {want[0]}, {want[1]}, {want[2]}), got {x.shape}")
+        return x
+
+    def encode_preprocessed(self, batch: np.ndarray) -> np.ndarray:
+        """Already preprocessed float32 (n, C, S, S) -> uint8 codes (n, nbits // 8)."""
+        x = self._check_preprocessed(batch)
         if x.shape[0] == 0:
             return np.zeros((0, self.nbits // 8), dtype=np.uint8)
         return pack_codes(self._run(x)["code_logits"])
+
+    def outputs_preprocessed(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Already preprocessed float32 (n >= 1, C, S, S) -> the network's raw outputs by name:
+        code_logits (n, nbits), probabilities (n, labels), attention (n, 1, h, w)."""
+        x = self._check_preprocessed(batch)
+        if x.shape[0] == 0:
+            raise ValueError("outputs_preprocessed needs at least one image")
+        return self._run(x)
 
     # ------------------------------------------------------------ pipelined decoding
     def _prepare(self, numbered: tuple[int, Any], strict: bool) -> tuple[np.ndarray, dict[str, Any], list[str]]:
         i, item = numbered
         img = self._loader.read(item, name=f"input #{i} (array)")
-        problems = assess(img.facts)
+        problems = self.card.scope_problems(img.facts)
         if strict and problems:
             raise UnsupportedImageError(img.source, "strict=True refuses it: " + "; ".join(problems))
         return preprocess(img.pixels, self._loader.spec), img.facts, notes_for(img.facts, problems)
@@ -272,9 +265,10 @@ class Encoder:
                 strict: bool = False) -> Analysis:
         """Codes plus label probabilities, attention maps and the DICOM facts of each input.
 
-        strict=True refuses (UnsupportedImageError) DICOM inputs the model was not trained for:
-        modality other than CR/DX or a body part that is not the chest. strict=False encodes
-        them and says so in ``notes``. Non-DICOM inputs carry no such facts and are accepted.
+        strict=True refuses (UnsupportedImageError) DICOM inputs outside the scope written in
+        the model's card (ModelCard.scope: for the bundled model, CR/DX chest radiographs).
+        strict=False encodes them and says so in ``notes``. Non-DICOM inputs carry no such
+        facts and are accepted.
         """
         codes: list[np.ndarray] = []
         probs: list[np.ndarray] = []

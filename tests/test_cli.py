@@ -17,12 +17,12 @@ from medhash_sdk.encoder import Encoder, default_model_path
 from medhash_sdk.exceptions import ModelFileError
 from medhash_sdk.index import Index
 from medhash_sdk.metrics import map_at_k
-from _data import NIH_PNG_DIR
+from _data import NIH_PNG_DIR, requires_data
 
 DATA = NIH_PNG_DIR
 SAMPLES = Path(__file__).resolve().parents[1] / "medhash_sdk" / "assets" / "samples"
 PNGS = sorted(DATA.glob("*.png"))
-pytestmark = pytest.mark.skipif(len(PNGS) < 16, reason=f"real NIH PNGs not found in {DATA}")
+pytestmark = requires_data(len(PNGS) >= 16, f"real NIH PNGs not found in {DATA}")
 
 
 @pytest.fixture(scope="module")

@@ -67,6 +67,12 @@ def register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split-seed", type=non_negative_int, default=0, help="seed of the patient split (recorded in the model)")
     p.add_argument("--split-fractions", type=fractions, default=(0.7, 0.1, 0.2), metavar="TRAIN,VAL,TEST",
                    help="patient split fractions when the data has no given split (default 0.7,0.1,0.2)")
+    p.add_argument("--scope-modalities", type=_names, default=[], metavar="M,M",
+                   help="DICOM modalities the model is made for, written into its card and checked by "
+                        "Encoder.analyze(strict=True), e.g. CR,DX (default: none stated)")
+    p.add_argument("--scope-body-parts", type=_names, default=[], metavar="TERM,TERM",
+                   help="body part terms one of which a DICOM input's Body Part Examined must contain, "
+                        "e.g. CHEST,THORAX,LUNG (default: none stated)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--no-progress", action="store_true")
@@ -83,8 +89,14 @@ def run_train(args: argparse.Namespace) -> int:
                       backbone_weights=args.backbone_weights, progress=not args.no_progress,
                       local_scale=args.local_scale, box_jitter=args.box_jitter,
                       min_evidence=args.min_evidence)
-    train_and_export(cfg, args.data, args.out, split_seed=args.split_seed, fractions=args.split_fractions)
+    scope = {k: v for k, v in (("modalities", args.scope_modalities), ("body_parts", args.scope_body_parts)) if v}
+    train_and_export(cfg, args.data, args.out, split_seed=args.split_seed, fractions=args.split_fractions,
+                     scope=scope)
     return 0
+
+
+def _names(text: str) -> list[str]:
+    return [t.strip().upper() for t in text.split(",") if t.strip()]
 
 
 def register_export(sub: argparse._SubParsersAction) -> None:

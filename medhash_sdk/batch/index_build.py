@@ -6,7 +6,7 @@ import csv
 import os
 from typing import Any, Sequence
 
-from .._atomic import atomic_open
+from ..atomic import atomic_open
 from ..exceptions import ModelMismatchError
 from ..index import Index
 from .shards import MANIFEST, ShardDir, ShardDirError, sources_path

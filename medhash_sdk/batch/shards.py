@@ -6,7 +6,7 @@ Output directory of `medhash encode`:
                             model fingerprint)
     shard-000000.json       per-shard sidecar: ids, absolute paths, label values, failed inputs
     errors.csv              every input that failed and why (written when the run ends)
-Every file is written to a temporary name, fsynced and renamed (medhash_sdk._atomic), sidecar
+Every file is written to a temporary name, fsynced and renamed (medhash_sdk.atomic), sidecar
 first, .idx last: a shard exists when its .idx does, so a run killed at any moment and started
 again with the same inputs skips finished shards and recomputes the others. A manifest
 naming another model, shard size or input list is refused (ModelMismatchError /
@@ -28,7 +28,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .. import __version__
-from .._atomic import atomic_write
+from ..atomic import atomic_write
 from ..exceptions import MedhashError, ModelMismatchError
 from ..index import Index
 from ..inputs import Inputs, Item
