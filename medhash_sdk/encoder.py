@@ -11,6 +11,7 @@ sessions are thread-safe, so concurrent calls return the same codes as serial on
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from dataclasses import dataclass, field
@@ -225,9 +226,8 @@ class Encoder:
         """Decode ahead (medhash_sdk.pipeline), run the model batch by batch, raise the first bad input."""
         items = _as_list(inputs)
         batch_size = check_int("batch_size", batch_size)
-        decoded = raise_first_error(decode_ahead(
-            list(enumerate(items)), functools.partial(self._prepare, strict=strict), workers=self._workers,
-            window=PREFETCH * batch_size + self._workers))
+        stream = decode_ahead(list(enumerate(items)), functools.partial(self._prepare, strict=strict),
+                              workers=self._workers, window=PREFETCH * batch_size + self._workers)
         batch: list[tuple[np.ndarray, dict[str, Any], list[str]]] = []
 
         def flush() -> None:
@@ -236,8 +236,8 @@ class Encoder:
             bar.update(len(batch))
             batch.clear()
 
-        with progress_bar(len(items), show=show_progress_bar, desc=desc) as bar:
-            for d in decoded:
+        with progress_bar(len(items), show=show_progress_bar, desc=desc) as bar, contextlib.closing(stream):
+            for d in raise_first_error(stream):
                 batch.append(d.value)
                 if len(batch) == batch_size:
                     flush()
