@@ -36,6 +36,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from _report import recorded
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data" / "nih_png_1024"
@@ -116,14 +118,16 @@ def make_data(root: Path, n: int, source: Path = DATA) -> dict[str, int]:
 
 def decode_only(enc, inputs, workers: int, batch_size: int, shard_size: int, pool: str) -> float:
     """files/s of the encode pipeline with a model that does nothing (same pools and look-ahead)."""
-    from medhash_sdk.batch import DecodePools, encode_shards, shard_slices
+    from medhash_sdk.batch.job import shard_slices
+    from medhash_sdk.pipeline import DecodePools, encode_groups
 
     nbytes = enc.nbits // 8
     t = time.perf_counter()
-    with DecodePools(enc.loader(), workers, pool) as pools:
+    with DecodePools(workers, pool) as pools:
         shards = ((i, [inputs.items[k] for k in r]) for i, r in enumerate(shard_slices(len(inputs), shard_size)))
-        n = sum(len(r.items) + len(r.errors) for r in encode_shards(
-            shards, pools, lambda x: np.zeros((len(x), nbytes), np.uint8), batch_size=batch_size, nbytes=nbytes))
+        n = sum(len(r.items) + len(r.errors) for r in encode_groups(
+            shards, enc.loader(), lambda x: np.zeros((len(x), nbytes), np.uint8), batch_size=batch_size,
+            nbytes=nbytes, pools=pools, arg=lambda it: it.path, kind=lambda it: it.kind))
     return n / (time.perf_counter() - t)
 
 
@@ -250,4 +254,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    with recorded("bench_bulk"):
+        status = main()
+    raise SystemExit(status)

@@ -33,6 +33,8 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
+from _report import recorded
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data" / "nih_png_1024"
@@ -97,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from medhash_sdk._system import available_cpus
-    from medhash_sdk.encoder import Encoder
+    from medhash_sdk.encoder import PREFETCH, Encoder
+    from medhash_sdk.pipeline import decode_ahead, raise_first_error
     from medhash_sdk.preprocessing import Preprocessing, preprocess_batch
     from medhash_train.attention import NetConfig, build_model
     from medhash_train.onnx_export import export_onnx
@@ -158,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                 ims = [cv2.imread(f, cv2.IMREAD_UNCHANGED) for f in files[s:s + bs]]
                 model(torch.from_numpy(preprocess_batch(ims, spec)))
 
-    def decode_only() -> None:
-        for _ in enc._batches(files, bs):
+    def decode_only() -> None:   # the Encoder's pipeline (same pool and window) without the model
+        for _ in raise_first_error(decode_ahead(files, enc.loader(), workers=threads, window=PREFETCH * bs + threads)):
             pass
 
     from torch.utils.flop_counter import FlopCounterMode
@@ -222,4 +225,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with recorded("bench_encode"):
+        status = main()
+    raise SystemExit(status)

@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+from _report import recorded
+
 from medhash_sdk.index import Index
 
 MB = 1 << 20
@@ -118,4 +120,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    with recorded("bench_index_memory"):
+        status = main()
+    raise SystemExit(status)

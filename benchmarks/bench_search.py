@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _report import recorded
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from medhash_sdk import _hamming  # noqa: E402
 
@@ -395,4 +397,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    with recorded("bench_search"):
+        status = main()
+    raise SystemExit(status)

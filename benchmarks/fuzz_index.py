@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _report import recorded
+
 from medhash_sdk import _index_file
 from medhash_sdk.exceptions import IndexFileError
 from medhash_sdk.index import Index
@@ -317,6 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.view_files is not None:
         print(view_files(args.view_files))
         return 0
+    with recorded("fuzz_index"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     stats = fuzz(args.mutations, args.seed)
     fails = {k: v for k, v in stats.items() if "FAIL" in k}

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _report import recorded
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MEDHASH_DATA") or ROOT.parent / "shared" / "data")
 
@@ -156,11 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     if a.child:
         _child(a.child)
         return 0
-    stats = run(a.n, a.seed, keep=a.keep)
-    fails = sum(v for k, v in stats.items() if k.startswith("FAIL"))
-    for k, v in sorted(stats.items()):
-        print(f"{v:6d}  {k}")
-    print(f"{a.n} mutated files: {fails} failures")
+    with recorded("fuzz_readers"):
+        stats = run(a.n, a.seed, keep=a.keep)
+        fails = sum(v for k, v in stats.items() if k.startswith("FAIL"))
+        for k, v in sorted(stats.items()):
+            print(f"{v:6d}  {k}")
+        print(f"{a.n} mutated files: {fails} failures")
     return 1 if fails else 0
 
 

@@ -180,8 +180,10 @@ def gpu_agreement(model: Any, spec: Any, path: str) -> dict[str, Any]:
     # decode-only rate with this machine's CPUs through the Encoder pool
     t = time.perf_counter()
     n = 0
-    for xb_, _, _ in enc._batches(files * 4, 64):
-        n += xb_.shape[0]
+    from medhash_sdk.pipeline import decode_ahead, raise_first_error
+
+    for _ in raise_first_error(decode_ahead(files * 4, enc.loader())):
+        n += 1
     res["Encoder decode-only images/s (this CPU)"] = round(n / (time.perf_counter() - t), 1)
     return res
 

@@ -152,7 +152,7 @@ def repeated(a: np.ndarray) -> np.ndarray:
     return np.unique(s[1:][s[1:] == s[:-1]]) if len(s) > 1 else s[:0]
 
 
-def _classify(ids: Any) -> str:
+def classify_ids(ids: Any) -> str:
     """'int64' or 'str' for user ids (a scalar, a sequence or an array)."""
     if isinstance(ids, str):
         return STR
@@ -272,7 +272,7 @@ class IntIds:
 
     def prepare(self, ids: Any) -> Any:
         """User ids -> the opaque form rows()/append() take (here an int64 array)."""
-        if _classify(ids) != INT64:
+        if classify_ids(ids) != INT64:
             raise TypeError("this index uses int64 ids; pass integers, not str")
         return as_int_ids(ids)
 
@@ -357,7 +357,7 @@ class StrIds:
         return self._map
 
     def prepare(self, ids: Any) -> Any:
-        if _classify(ids) != STR:
+        if classify_ids(ids) != STR:
             raise TypeError("this index uses str ids; pass strings, not integers")
         items = as_str_ids(ids)
         enc = _encode(items)

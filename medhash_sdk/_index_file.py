@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from ._atomic import atomic_open
+from .atomic import atomic_open
 from .exceptions import IndexFileError
 
 MAGIC = b"MHINDEX\x00"

@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from medhash_sdk._atomic import atomic_path
+from medhash_sdk.atomic import atomic_path
 from medhash_sdk.codes import check_nbits
 from medhash_sdk.exceptions import IndexFileError
+from medhash_sdk.validation import check_int
 
 _INSTALL_HINT = "approximate search needs usearch: pip install 'usearch>=2.12'"
 
@@ -57,8 +58,7 @@ class ApproximateHammingIndex:
         self.nbits = check_nbits(nbits)
         for name, value in (("connectivity", connectivity), ("expansion_add", expansion_add),
                             ("expansion_search", expansion_search)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_int(name, value)
         usearch_index = _usearch_index_module()
         self._index = usearch_index.Index(
             ndim=self.nbits, metric="hamming", dtype="b1", connectivity=int(connectivity),
@@ -74,9 +74,7 @@ class ApproximateHammingIndex:
 
     @expansion_search.setter
     def expansion_search(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"expansion_search must be a positive int, got {value!r}")
-        self._index.expansion_search = int(value)
+        self._index.expansion_search = check_int("expansion_search", value)
 
     def __len__(self) -> int:
         return len(self._index)
@@ -116,10 +114,7 @@ class ApproximateHammingIndex:
         metric is an exact popcount); rows are sorted by (distance, row). Padded with row -1,
         distance -1 when the graph yields fewer than k rows. A 1-D query gives nq = 1.
         """
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-            raise TypeError(f"k must be an int, got {type(k).__name__}")
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        k = check_int("k", k)
         queries = _check_codes(queries, self.nbytes, "queries")
         nq = queries.shape[0]
         rows = np.full((nq, k), -1, dtype=np.int64)

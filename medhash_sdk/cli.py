@@ -67,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv and not argv[0].startswith("-") and argv[0] not in parser.get_default("command_names"):
         print(PLUGIN_HINT.format(cmd=argv[0]), file=sys.stderr)
         return 2
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:   # --help (0) or a bad argument (2, after argparse's one-line message)
+        return int(e.code or 0)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2

@@ -108,7 +108,7 @@ def render(tiles: Sequence[np.ndarray], columns: int, gap: int = 8) -> np.ndarra
 
 def write_png(path: str | os.PathLike[str], rgb: np.ndarray) -> Path:
     """Write an RGB uint8 image as PNG atomically."""
-    from ._atomic import atomic_write
+    from .atomic import atomic_write
 
     out = Path(path)
     if out.suffix.lower() != ".png":

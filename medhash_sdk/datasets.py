@@ -7,10 +7,11 @@ Formats (load_dataset(paths) combines several, deduplicated by image id, first o
 (b) .npz with images, labels, patient_id (+ optional label_names, image_index): as in
     ../shared/data (nih1000_64.npz, nih_extra_128.npz). Any `split` array in it is ignored
     (NIH's puts patients on both sides); the data are re-split by patient.
-(c) a CSV file (or a folder holding exactly one CSV), images found by name under the CSV's
-    folder (recursively): NIH's Data_Entry format ("Image Index", "Finding Labels" separated
-    by |, "Patient ID"), or a generic one: a path column (path/file/filename/image/
-    image_index/...), 0/1 label columns, an optional column whose name contains "patient".
+(c) a CSV file (or a folder holding exactly one CSV), read by the one table rule of
+    medhash_sdk.tables (path column, relative paths, file names found under the CSV's
+    folder): NIH's Data_Entry format ("Image Index", "Finding Labels" separated by |,
+    "Patient ID"), or a generic one: a path column, 0/1 label columns, an optional column
+    whose name contains "patient". Rows whose image is missing are dropped and counted.
 Labels: an (n,) or (n, 1) integer column is one class per image (one-hot over its classes);
 (n, C) 0/1 columns are multi-label, with a "No Finding" column appended when all-zero rows
 occur (so normal images are similar to each other). Colour images stay as read; the
@@ -23,7 +24,6 @@ test` reproduces the split and can tell when it is given other data.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -33,15 +33,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from medhash_sdk.exceptions import MedhashError
-from medhash_sdk.preprocessing import Preprocessing, preprocess, preprocess_batch
+from .exceptions import MedhashError
+from .pipeline import decode_ahead, raise_first_error
+from .preprocessing import Preprocessing, preprocess, preprocess_batch
+from .tables import TableError, read_table
 
 SPLITS = ("train", "val", "test")
 NO_FINDING = "No Finding"
 NIH_LABELS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
               "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia")
-_IMAGE_EXT = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".bmp")
-_PATH_COLUMNS = ("path", "file", "filename", "file_name", "image", "image_path", "image_index", "image index")
 
 
 class DatasetError(MedhashError):
@@ -135,17 +135,6 @@ def _load_npz(path: str) -> dict[str, Any]:
                 format="npz")
 
 
-def _find_files(root: Path) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for dirpath, _, files in os.walk(root):
-        for f in files:
-            if f.lower().endswith(_IMAGE_EXT):
-                out.setdefault(f, os.path.join(dirpath, f))
-                rel = os.path.relpath(os.path.join(dirpath, f), root)
-                out.setdefault(rel, os.path.join(dirpath, f))
-    return out
-
-
 def _load_csv(path: str) -> dict[str, Any]:
     p = Path(path)
     if p.is_dir():
@@ -153,14 +142,15 @@ def _load_csv(path: str) -> dict[str, Any]:
         if len(csvs) != 1:
             raise DatasetError(f"{path}: a dataset folder must hold exactly one .csv label table, found {len(csvs)}")
         p = csvs[0]
-    with open(p, newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        table = read_table(p)
+    except TableError as e:
+        raise DatasetError(str(e)) from e
+    rows, cols, name_col = table.rows, table.columns, table.path_column
     if not rows:
         raise DatasetError(f"{p}: the label table is empty")
-    cols = list(rows[0].keys())
-    files = _find_files(p.parent)
-    if "Image Index" in cols and "Finding Labels" in cols:           # NIH Data_Entry
-        name_col, patient_col = "Image Index", ("Patient ID" if "Patient ID" in cols else None)
+    if "Finding Labels" in cols:           # NIH Data_Entry
+        patient_col = "Patient ID" if "Patient ID" in cols else None
         findings = [set(r["Finding Labels"].split("|")) - {""} for r in rows]
         vocab = set().union(*findings)
         names = [n for n in NIH_LABELS if n in vocab] + sorted(vocab - set(NIH_LABELS) - {NO_FINDING})
@@ -168,33 +158,21 @@ def _load_csv(path: str) -> dict[str, Any]:
         y = np.array([[int(n in fs) for n in names] for fs in findings], dtype=np.uint8)
         fmt = "nih-data-entry"
     else:
-        lower = {c.lower(): c for c in cols}
-        name_col = next((lower[c] for c in _PATH_COLUMNS if c in lower), None)
-        if name_col is None:
-            name_col = next((c for c in cols if all(str(r[c]).lower().endswith(_IMAGE_EXT) for r in rows[:50])), None)
-        if name_col is None:
-            raise DatasetError(f"{p}: no image path column (name it 'path' or 'filename')")
         patient_col = next((c for c in cols if "patient" in c.lower()), None)
-        label_cols = [c for c in cols if c not in (name_col, patient_col)
-                      and all(str(r[c]).strip() in ("0", "1") for r in rows)]
+        label_cols = [c for c in cols if c not in (name_col, patient_col) and all(r[c] in ("0", "1") for r in rows)]
         if not label_cols:
             raise DatasetError(f"{p}: no 0/1 label columns found")
         names = label_cols
         y = np.array([[int(r[c]) for c in label_cols] for r in rows], dtype=np.uint8)
         fmt = "csv"
-    keep, paths = [], []
-    for i, r in enumerate(rows):
-        name = str(r[name_col]).strip()
-        full = files.get(name) or files.get(os.path.basename(name))
-        if full is not None:
-            keep.append(i)
-            paths.append(full)
-    if not keep:
+    found = [(i, full) for i, full in enumerate(table.paths()) if os.path.isfile(full)]
+    if not found:
         raise DatasetError(f"{p}: none of the {len(rows)} images listed in column {name_col!r} was found under {p.parent}")
-    ids = np.array([str(rows[i][name_col]).strip() for i in keep])
-    patients = np.array([str(rows[i][patient_col]).strip() for i in keep]) if patient_col else ids.copy()
-    return dict(images=paths, labels=y[keep], names=names, ids=ids, patients=patients, split=None, format=fmt,
-                missing=len(rows) - len(keep))
+    keep = [i for i, _ in found]
+    ids = np.array([rows[i][name_col] for i in keep])
+    patients = np.array([rows[i][patient_col] for i in keep]) if patient_col else ids.copy()
+    return dict(images=[full for _, full in found], labels=y[keep], names=names, ids=ids, patients=patients,
+                split=None, format=fmt, missing=len(rows) - len(keep))
 
 
 def _load_one(path: str) -> dict[str, Any]:
@@ -303,20 +281,22 @@ def read_pixels(item: Any) -> np.ndarray:
     """An array as is, or a file read by the runtime's reader (the Encoder's)."""
     if isinstance(item, np.ndarray):
         return item
-    from medhash_sdk.readers import read_image
+    from .readers import read_image
 
     return read_image(item).pixels
 
 
 def to_network_input(ds: ImageSet, spec: Preprocessing, idx: np.ndarray | None = None) -> np.ndarray:
-    """float32 (n, C, S, S) through medhash_sdk.preprocessing (the Encoder's code path)."""
+    """float32 (n, C, S, S) through medhash_sdk.preprocessing (the Encoder's code path); files
+    are decoded ahead in a thread pool (medhash_sdk.pipeline)."""
     idx = np.arange(len(ds)) if idx is None else np.asarray(idx)
     items = [ds.images[i] for i in idx]
     if all(isinstance(it, np.ndarray) for it in items):
         return preprocess_batch(items, spec)
     out = np.empty((len(items), spec.channels, spec.input_size, spec.input_size), dtype=np.float32)
-    for j, it in enumerate(items):
-        out[j] = preprocess(read_pixels(it), spec)
+    decoded = raise_first_error(decode_ahead(items, lambda it: preprocess(read_pixels(it), spec)))
+    for j, d in enumerate(decoded):
+        out[j] = d.value
     return out
 
 

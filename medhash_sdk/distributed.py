@@ -36,10 +36,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .batch import (DEFAULT_SHARD_SIZE, DecodePools, EncodeSummary, Job, ShardResult, _bar_callback,
-                    _positive_int, _progress, encode_shards, open_job)
+from .batch import DEFAULT_SHARD_SIZE, EncodeSummary, Job, encode_shards, open_job
+from .pipeline import DecodePools, GroupResult, counting
 from .exceptions import MedhashError, ModelMismatchError
 from .inputs import Inputs, Item
+from .validation import check_int, check_optional_int
 
 INSTALL_HINT = 'Ray is not installed: `pip install "medhash-sdk[dist]"` (ray[data])'
 
@@ -71,15 +72,14 @@ class _ShardEncoder:
         if self.enc.fingerprint != fingerprint:  # pragma: no cover - the bytes came from the driver
             raise ModelMismatchError(f"the actor's model {self.enc.fingerprint[:16]} is not the driver's")
         self.batch_size = batch_size
-        self.pools = DecodePools(self.enc.loader(), workers, pool)
+        self.pools = DecodePools(workers, pool)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         shards, payloads = [], []
         for i, items_json in zip(batch["shard"], batch["items"]):
             items = [Item(x[0], x[1], x[2], tuple(x[3])) for x in json.loads(items_json)]
-            for r in encode_shards([(int(i), items)], self.pools, self.enc.encode_preprocessed,
-                                   batch_size=self.batch_size, nbytes=self.enc.nbits // 8):
-                shards.append(r.shard)
+            for r in encode_shards([(int(i), items)], self.enc, self.pools, batch_size=self.batch_size):
+                shards.append(r.key)
                 payloads.append(pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL))
         return {"shard": np.asarray(shards, dtype=np.int64), "result": np.asarray(payloads, dtype=object)}
 
@@ -130,11 +130,9 @@ def encode_with_ray(inputs: Sequence[str | os.PathLike[str]] | Inputs, out: str 
     from .encoder import Encoder
 
     ray = import_ray()
-    batch_size = _positive_int("batch_size", batch_size)
-    if workers is not None:
-        workers = _positive_int("workers", workers)
-    if num_actors is not None:
-        num_actors = _positive_int("num_actors", num_actors)
+    batch_size = check_int("batch_size", batch_size)
+    workers = check_optional_int("workers", workers)
+    num_actors = check_optional_int("num_actors", num_actors)
     path = _model_path(model)
     from .backends import is_engine_file
 
@@ -197,11 +195,11 @@ def _run(ray: Any, job: Job, model_path: str, fingerprint: str, *, providers: An
                                    suffix=Path(model_path).suffix or ".onnx", fingerprint=fingerprint,
                                    providers=providers, batch_size=batch_size, workers=workers or cpus,
                                    threads=cpus, pool=pool))
-    bar = _progress(len(job.inputs), job.done_inputs, show_progress_bar)
-    count = _bar_callback(bar)
+    bar = job.progress_bar(show_progress_bar)
+    count = counting(bar)
     try:
         for row in encoded.iter_rows():
-            r: ShardResult = pickle.loads(row["result"])
+            r: GroupResult = pickle.loads(row["result"])
             job.write(r)
             for _ in range(len(r.items)):
                 count(True)

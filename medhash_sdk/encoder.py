@@ -3,20 +3,20 @@
 read (medhash_sdk.readers) -> preprocess (medhash_sdk.preprocessing, driven by the model card)
 -> backend (ONNX Runtime or TensorRT) -> sign -> pack (medhash_sdk.codes.pack_codes).
 
-Decoding and inference overlap: a thread pool decodes and preprocesses the next batch while
-the model runs the current one (OpenCV, NumPy and ONNX Runtime release the GIL). One Encoder
+Decoding and inference overlap: medhash_sdk.pipeline decodes and preprocesses the next
+inputs in a thread pool while the model runs the current batch (OpenCV, NumPy and ONNX
+Runtime release the GIL). One Encoder
 may be used from several threads at once: it holds no per-call state, and ONNX Runtime
 sessions are thread-safe, so concurrent calls return the same codes as serial ones.
 """
 from __future__ import annotations
 
-import collections
-import concurrent.futures as cf
+import contextlib
+import functools
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -24,20 +24,17 @@ from ._system import available_cpus
 from .codes import pack_codes
 from .exceptions import ModelFileError, UnsupportedImageError
 from .model_card import ModelCard
+from .pipeline import decode_ahead, progress_bar, raise_first_error
 from .preprocessing import Preprocessing, preprocess
 from .readers import MAX_BYTES, MAX_PIXELS, Image, ImageInput, load
+from .validation import check_int, check_optional_int
 
 #: File name of the default model inside medhash_sdk/assets (added once a trained model exists).
 DEFAULT_MODEL = "chestxr64.onnx"
 ASSETS = Path(__file__).resolve().parent / "assets"
 
-#: Batches decoded ahead of the one the model runs on.
+#: Batches decoded ahead of the one the model runs on (the decode window, in batches).
 PREFETCH = 2
-
-#: Modalities and body parts the bundled chest X-ray model was trained on (NIH ChestX-ray14).
-RADIOGRAPH_MODALITIES = ("CR", "DX")
-CHEST_TERMS = ("CHEST", "THORAX", "LUNG", "PULMONARY")
-
 
 def default_model_path() -> Path:
     """Path of the bundled model, or ModelFileError when this installation has none."""
@@ -48,20 +45,6 @@ def default_model_path() -> Path:
             "pass a model file instead: Encoder('model.onnx') (make one with `medhash train` and "
             "`medhash export CHECKPOINT --out model.onnx`)")
     return p
-
-
-def assess(facts: dict[str, Any]) -> list[str]:
-    """Reasons why an input is not what a chest radiograph model was trained on (empty: none known)."""
-    if facts.get("format") != "dicom":
-        return []
-    problems = []
-    modality = (facts.get("modality") or "").upper()
-    if modality not in RADIOGRAPH_MODALITIES:
-        problems.append(f"modality {modality or 'missing'} is not a radiograph ({'/'.join(RADIOGRAPH_MODALITIES)})")
-    part = " ".join(str(facts.get(k) or "") for k in ("body_part", "anatomic_region")).upper()
-    if part.strip() and not any(t in part for t in CHEST_TERMS):
-        problems.append(f"body part {part.strip()} is not the chest")
-    return problems
 
 
 def notes_for(facts: dict[str, Any], problems: list[str]) -> list[str]:
@@ -123,12 +106,6 @@ def _as_list(inputs: Any) -> list[Any]:
     raise TypeError(f"inputs must be a path, a numpy array, or a list of them, got {type(inputs).__name__}")
 
 
-def _check_batch_size(batch_size: int) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    return int(batch_size)
-
-
 class Encoder:
     """Turn medical images into packed binary codes with an exported medhash model.
 
@@ -149,18 +126,14 @@ class Encoder:
             model = default_model_path()
         elif not isinstance(model, (str, os.PathLike)):
             raise TypeError(f"model must be a path to an .onnx or .engine file, got {type(model).__name__}")
-        if workers is not None and int(workers) < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
-        for name, v in (("max_pixels", max_pixels), ("max_bytes", max_bytes)):
-            if int(v) < 1:
-                raise ValueError(f"{name} must be positive, got {v}")
-        if int(frame) < 0:
-            raise ValueError(f"frame must be >= 0, got {frame}")
+        workers = check_optional_int("workers", workers)
+        max_pixels, max_bytes = check_int("max_pixels", max_pixels), check_int("max_bytes", max_bytes)
+        frame = check_int("frame", frame, minimum=0)
         self.model_path = os.fspath(model)
         self._backend = open_backend(model, providers, threads=threads)
         self.card: ModelCard = self._backend.card
-        self._loader = Loader(self.card.preprocessing, int(max_pixels), int(max_bytes), int(frame))
-        self._workers = int(workers) if workers else available_cpus()
+        self._loader = Loader(self.card.preprocessing, max_pixels, max_bytes, frame)
+        self._workers = workers or available_cpus()
 
     # ------------------------------------------------------------ what the model is
     @property
@@ -217,79 +190,59 @@ class Encoder:
                                  f"expected ({x.shape[0]}, {self.nbits}) from the model card")
         return out
 
-    def encode_preprocessed(self, batch: np.ndarray) -> np.ndarray:
-        """Already preprocessed float32 (n, C, S, S) -> uint8 codes (n, nbits // 8)."""
+    def _check_preprocessed(self, batch: np.ndarray) -> np.ndarray:
         x = np.asarray(batch, dtype=np.float32)
         want = (self.card.channels, self.input_size, self.input_size)
         if x.ndim != 4 or x.shape[1:] != want:
             raise ValueError(f"preprocessed batch must have shape (n, {want[0]}, {want[1]}, {want[2]}), got {x.shape}")
+        return x
+
+    def encode_preprocessed(self, batch: np.ndarray) -> np.ndarray:
+        """Already preprocessed float32 (n, C, S, S) -> uint8 codes (n, nbits // 8)."""
+        x = self._check_preprocessed(batch)
         if x.shape[0] == 0:
             return np.zeros((0, self.nbits // 8), dtype=np.uint8)
         return pack_codes(self._run(x)["code_logits"])
 
+    def outputs_preprocessed(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Already preprocessed float32 (n >= 1, C, S, S) -> the network's raw outputs by name:
+        code_logits (n, nbits), probabilities (n, labels), attention (n, 1, h, w)."""
+        x = self._check_preprocessed(batch)
+        if x.shape[0] == 0:
+            raise ValueError("outputs_preprocessed needs at least one image")
+        return self._run(x)
+
     # ------------------------------------------------------------ pipelined decoding
-    def _prepare(self, items: Sequence[Any], i: int, strict: bool) -> tuple[np.ndarray, dict[str, Any], list[str]]:
-        img = self._loader.read(items[i], name=f"input #{i} (array)")
-        problems = assess(img.facts)
+    def _prepare(self, numbered: tuple[int, Any], strict: bool) -> tuple[np.ndarray, dict[str, Any], list[str]]:
+        i, item = numbered
+        img = self._loader.read(item, name=f"input #{i} (array)")
+        problems = self.card.scope_problems(img.facts)
         if strict and problems:
             raise UnsupportedImageError(img.source, "strict=True refuses it: " + "; ".join(problems))
         return preprocess(img.pixels, self._loader.spec), img.facts, notes_for(img.facts, problems)
 
-    def _batches(self, items: Sequence[Any], batch_size: int, strict: bool = False,
-                 ) -> Iterator[tuple[np.ndarray, list[dict[str, Any]], list[list[str]]]]:
-        """Yield (preprocessed batch, facts, notes) in input order; decoding runs one batch ahead."""
-        n = len(items)
-        if n == 0:
-            return
-        starts = list(range(0, n, batch_size))
-
-        def collect(results: Iterable[tuple[np.ndarray, dict[str, Any], list[str]]]) -> tuple[
-                np.ndarray, list[dict[str, Any]], list[list[str]]]:
-            xs, facts, notes = zip(*results)
-            return np.stack(xs), list(facts), list(notes)
-
-        if n == 1 or self._workers == 1:
-            for s in starts:
-                yield collect(self._prepare(items, i, strict) for i in range(s, min(s + batch_size, n)))
-            return
-        pool = cf.ThreadPoolExecutor(max_workers=min(self._workers, n), thread_name_prefix="medhash-decode")
-        try:
-            def submit(s: int) -> list[cf.Future[Any]]:
-                return [pool.submit(self._prepare, items, i, strict) for i in range(s, min(s + batch_size, n))]
-
-            # keep PREFETCH batches queued behind the one being consumed, so the decode threads
-            # never wait for the model; memory stays bounded at (PREFETCH + 1) batches
-            ahead: collections.deque[list[cf.Future[Any]]] = collections.deque(
-                submit(s) for s in starts[:PREFETCH])
-            for b in range(len(starts)):
-                if b + PREFETCH < len(starts):
-                    ahead.append(submit(starts[b + PREFETCH]))
-                futures = ahead.popleft()
-                yield collect(f.result() for f in futures)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-    def _progress(self, total: int, show: bool | None, desc: str) -> Any:
-        show = (total > 1 and sys.stderr.isatty()) if show is None else bool(show)
-        if not show:
-            return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, unit="img", desc=desc, dynamic_ncols=True)
-
     def _loop(self, inputs: Any, batch_size: int, show_progress_bar: bool | None, desc: str, strict: bool,
               on_batch: Callable[[dict[str, np.ndarray], list[dict[str, Any]], list[list[str]]], None]) -> int:
+        """Decode ahead (medhash_sdk.pipeline), run the model batch by batch, raise the first bad input."""
         items = _as_list(inputs)
-        batch_size = _check_batch_size(batch_size)
-        bar = self._progress(len(items), show_progress_bar, desc)
-        try:
-            for x, facts, notes in self._batches(items, batch_size, strict):
-                on_batch(self._run(x), facts, notes)
-                if bar is not None:
-                    bar.update(x.shape[0])
-        finally:
-            if bar is not None:
-                bar.close()
+        batch_size = check_int("batch_size", batch_size)
+        stream = decode_ahead(list(enumerate(items)), functools.partial(self._prepare, strict=strict),
+                              workers=self._workers, window=PREFETCH * batch_size + self._workers)
+        batch: list[tuple[np.ndarray, dict[str, Any], list[str]]] = []
+
+        def flush() -> None:
+            xs, facts, notes = zip(*batch)
+            on_batch(self._run(np.stack(xs)), list(facts), list(notes))
+            bar.update(len(batch))
+            batch.clear()
+
+        with progress_bar(len(items), show=show_progress_bar, desc=desc) as bar, contextlib.closing(stream):
+            for d in raise_first_error(stream):
+                batch.append(d.value)
+                if len(batch) == batch_size:
+                    flush()
+            if batch:
+                flush()
         return len(items)
 
     # ------------------------------------------------------------ public API
@@ -312,9 +265,10 @@ class Encoder:
                 strict: bool = False) -> Analysis:
         """Codes plus label probabilities, attention maps and the DICOM facts of each input.
 
-        strict=True refuses (UnsupportedImageError) DICOM inputs the model was not trained for:
-        modality other than CR/DX or a body part that is not the chest. strict=False encodes
-        them and says so in ``notes``. Non-DICOM inputs carry no such facts and are accepted.
+        strict=True refuses (UnsupportedImageError) DICOM inputs outside the scope written in
+        the model's card (ModelCard.scope: for the bundled model, CR/DX chest radiographs).
+        strict=False encodes them and says so in ``notes``. Non-DICOM inputs carry no such
+        facts and are accepted.
         """
         codes: list[np.ndarray] = []
         probs: list[np.ndarray] = []

@@ -26,6 +26,9 @@ class ImageReadError(MedhashError):
         self.reason = reason
         super().__init__(f"{self.source}: {reason}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:   # crosses process pools whole
+        return type(self), (self.source, self.reason)
+
 
 class UnsupportedImageError(ImageReadError):
     """The input is a valid file the SDK will not encode (unsupported syntax, refused by strict=True, too large)."""

@@ -25,11 +25,14 @@ from typing import Any
 import numpy as np
 
 from . import _index_file
-from ._ids import INT64, STR, Growable, IntIds, StrIds, _classify, repeated
+from ._ids import INT64, STR, Growable, IntIds, StrIds, classify_ids, repeated
 from ._rwlock import RWLock
 from ._system import available_cpus
 from .codes import check_nbits
 from .exceptions import IndexFileError, ModelMismatchError
+from .validation import check_int
+
+_THREADS_HINT = " (0 means every core this process may use)"
 
 __all__ = ["Index", "SearchResult"]
 
@@ -64,16 +67,6 @@ class SearchResult:
 
     def __iter__(self) -> Any:
         return iter((self.ids, self.distances))
-
-
-def _check_positive_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    value = int(value)
-    if value < minimum:
-        hint = " (0 means every core this process may use)" if name == "threads" else ""
-        raise ValueError(f"{name} must be >= {minimum}{hint}, got {value}")
-    return value
 
 
 def _check_fingerprint_arg(fingerprint: Any) -> str | None:
@@ -229,7 +222,7 @@ class Index:
                     store = IntIds()
                 prepared: Any = np.arange(self._next_id, self._next_id + m, dtype=np.int64)
             else:
-                kind = _classify(ids)
+                kind = classify_ids(ids)
                 if store is None or (not len(store) and store.kind != kind):
                     store = self._new_store(kind)
                 prepared = store.prepare(ids)
@@ -356,8 +349,8 @@ class Index:
         if fingerprint is not None:
             self.check_fingerprint(_check_fingerprint_arg(fingerprint))
         q, one = self._as_codes(queries, "queries")
-        k = _check_positive_int("k", k, 1)
-        threads = _check_positive_int("threads", threads, 0) or available_cpus()
+        k = check_int("k", k)
+        threads = check_int("threads", threads, minimum=0, hint=_THREADS_HINT) or available_cpus()
         with self._lock.read():
             if approximate:
                 rows, dist = self._approximate(q, k, threads, allow, deny)
@@ -391,7 +384,7 @@ class Index:
         """
         from .approx import ApproximateHammingIndex
 
-        threads = _check_positive_int("threads", threads, 0) or available_cpus()
+        threads = check_int("threads", threads, minimum=0, hint=_THREADS_HINT) or available_cpus()
         ann = ApproximateHammingIndex(self._nbits, connectivity=connectivity, expansion_add=expansion_add,
                                       expansion_search=expansion_search)
         with self._lock.read():

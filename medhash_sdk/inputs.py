@@ -10,13 +10,15 @@ CSV/TSV file with a path column (and optionally an id column and label columns).
 * Id: the path relative to the INPUT it came from (POSIX separators; for a file given on its
   own, its name; for a list or CSV row, the path as written there), or the CSV's id column.
   Two items with the same id are refused: an index needs unique ids.
-* Directories: files with an image extension (PNG, JPEG, TIFF, BMP, DICOM) are taken; other
-  files are taken when they start like a DICOM file (``DICM`` at byte 128), since DICOM files
-  often have no extension. Hidden files and folders (``.name``) are skipped.
+* Directories: files with the extension of a format the readers decode
+  (medhash_sdk.readers.IMAGE_SUFFIXES: PNG, JPEG, TIFF, DICOM) are taken; other files are
+  taken when they start like a DICOM file (``DICM`` at byte 128), since DICOM files often have
+  no extension. Hidden files and folders (``.name``) are skipped.
+* CSV/TSV tables are read by the one table rule of medhash_sdk.tables (path column, relative
+  paths), shared with training data.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -24,12 +26,11 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from .exceptions import MedhashError
+from .readers import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom_file
+from .tables import TableError, read_table
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom", ".dic", ".ima"})
-DICOM_EXTENSIONS = frozenset({".dcm", ".dicom", ".dic", ".ima"})
 LIST_EXTENSIONS = frozenset({".txt", ".lst", ".list"})
 TABLE_EXTENSIONS = frozenset({".csv", ".tsv"})
-PATH_COLUMNS = ("path", "file", "filename", "image", "image_path")
 
 
 class InputError(MedhashError):
@@ -71,21 +72,11 @@ class Inputs:
         return h.hexdigest()
 
 
-def is_dicom_file(path: str) -> bool:
-    """True if the file has the DICOM preamble marker ``DICM`` at byte 128."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
 def _kind(path: str) -> str:
     ext = os.path.splitext(path)[1].lower()
-    if ext in DICOM_EXTENSIONS:
+    if ext in DICOM_SUFFIXES:
         return "dicom"
-    if ext in IMAGE_EXTENSIONS:
+    if ext in IMAGE_SUFFIXES:
         return "image"
     return "dicom" if is_dicom_file(path) else "image"
 
@@ -102,8 +93,8 @@ def _walk(root: str) -> Iterable[Item]:
             found.append((rel, full))
     for rel, full in sorted(found):
         ext = os.path.splitext(rel)[1].lower()
-        if ext in IMAGE_EXTENSIONS:
-            yield Item(rel, full, "dicom" if ext in DICOM_EXTENSIONS else "image")
+        if ext in IMAGE_SUFFIXES:
+            yield Item(rel, full, "dicom" if ext in DICOM_SUFFIXES else "image")
         elif ext not in LIST_EXTENSIONS | TABLE_EXTENSIONS and is_dicom_file(full):
             yield Item(rel, full, "dicom")
 
@@ -126,36 +117,27 @@ def _read_list(path: str) -> Iterable[Item]:
 
 def _read_table(path: str, path_column: str | None, id_column: str | None,
                 label_columns: Sequence[str] | None) -> tuple[list[Item], tuple[str, ...]]:
-    base = os.path.dirname(path)
-    delimiter = "\t" if path.lower().endswith(".tsv") else ","
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        columns = list(reader.fieldnames or [])
-        if path_column is None:
-            path_column = next((c for c in PATH_COLUMNS if c in columns), None)
-            if path_column is None:
-                raise InputError(f"{path}: no path column (looked for {', '.join(PATH_COLUMNS)}); "
-                                 f"its columns are {columns}: name one with --path-column")
-        for name, what in ((path_column, "path"), (id_column, "id")):
-            if name is not None and name not in columns:
-                raise InputError(f"{path}: no {what} column {name!r}; its columns are {columns}")
-        if label_columns is None:
-            labels = tuple(c for c in columns if c not in (path_column, id_column))
-        else:
-            missing = [c for c in label_columns if c not in columns]
-            if missing:
-                raise InputError(f"{path}: no label column(s) {missing}; its columns are {columns}")
-            labels = tuple(label_columns)
-        items = []
-        for row_no, row in enumerate(reader, start=2):
-            p = (row.get(path_column) or "").strip()
-            if not p:
-                raise InputError(f"{path}, line {row_no}: empty {path_column!r}")
-            full = _resolve(base, p)
-            item_id = (row.get(id_column) or "").strip() if id_column else os.path.normpath(p).replace(os.sep, "/")
-            if not item_id:
-                raise InputError(f"{path}, line {row_no}: empty id column {id_column!r}")
-            items.append(Item(item_id, full, _kind(full), tuple((row.get(c) or "").strip() for c in labels)))
+    try:
+        table = read_table(path, path_column=path_column)
+    except TableError as e:
+        raise InputError(str(e)) from e
+    columns = table.columns
+    if id_column is not None and id_column not in columns:
+        raise InputError(f"{path}: no id column {id_column!r}; its columns are {columns}")
+    if label_columns is None:
+        labels = tuple(c for c in columns if c not in (table.path_column, id_column))
+    else:
+        missing = [c for c in label_columns if c not in columns]
+        if missing:
+            raise InputError(f"{path}: no label column(s) {missing}; its columns are {columns}")
+        labels = tuple(label_columns)
+    items = []
+    for line, (row, full) in enumerate(zip(table.rows, table.paths()), start=2):
+        written = row[table.path_column]
+        item_id = row.get(id_column, "") if id_column else os.path.normpath(written).replace(os.sep, "/")
+        if not item_id:
+            raise InputError(f"{path}, line {line}: empty id column {id_column!r}")
+        items.append(Item(item_id, full, _kind(full), tuple(row.get(c, "") for c in labels)))
     return items, labels
 
 

@@ -1,6 +1,6 @@
 """Retrieval metrics (numpy only): mAP@K, NDCG@K, precision@K over a Hamming (or any) ranking.
 
-Definitions:
+Definitions (docs/method.md, "Metrics"):
 
 - relevance: a database item is relevant to a query when they share at least one label
   ("No Finding" is a label column of its own, so two normal images are relevant);

@@ -1,5 +1,10 @@
 """The metadata a medhash model file carries, and the model fingerprint.
 
+The fingerprint names what turns an image into a code: a trained model's is a hash of its
+weights, preprocessing, code length and labels; an artefact made from it whose codes may differ
+(INT8/FP16 copy, TensorRT engine) gets a fingerprint of its own from ModelCard.derive(), which
+records the parent. Codes are only ever mixed under equal fingerprints.
+
 An ONNX model stores the card as JSON under the metadata_props key ``medhash.card`` (plus the
 fingerprint under ``medhash.fingerprint`` for quick reading); a TensorRT engine stores the
 same JSON in its header. The runtime needs nothing else: no side config files.
@@ -20,6 +25,9 @@ CARD_KEY = "medhash.card"
 FINGERPRINT_KEY = "medhash.fingerprint"
 CARD_FORMAT = "medhash-model/1"
 
+#: The scope of chest radiograph models such as the bundled one (ModelCard.scope).
+CHEST_RADIOGRAPH_SCOPE = {"modalities": ["CR", "DX"], "body_parts": ["CHEST", "THORAX", "LUNG", "PULMONARY"]}
+
 # Names of the network's outputs, in this order, in every exported model.
 OUTPUT_NAMES = ("code_logits", "probabilities", "attention")
 INPUT_NAME = "image"
@@ -39,6 +47,8 @@ class ModelCard:
     metrics: dict[str, Any] = field(default_factory=dict)    # figures measured on the test split
     versions: dict[str, str] = field(default_factory=dict)
     precision: str = "fp32"
+    derived_from: dict[str, Any] = field(default_factory=dict)   # parent fingerprint + what changed; {} for a trained model
+    scope: dict[str, list[str]] = field(default_factory=dict)   # inputs it was made for (scope_problems); {} = any
     format: str = CARD_FORMAT
 
     @property
@@ -48,6 +58,45 @@ class ModelCard:
     @property
     def channels(self) -> int:
         return self.preprocessing.channels
+
+    def scope_problems(self, facts: dict[str, Any]) -> list[str]:
+        """Why an input lies outside the model's scope, from its DICOM facts (empty: none known).
+
+        scope["modalities"]: accepted DICOM Modality values (e.g. CR, DX); scope["body_parts"]:
+        terms one of which Body Part Examined / the anatomic region must contain (e.g. CHEST).
+        A fact the file does not state is not held against it; non-DICOM inputs state none.
+        """
+        if facts.get("format") != "dicom" or not self.scope:
+            return []
+        problems = []
+        modalities = [m.upper() for m in self.scope.get("modalities", [])]
+        modality = (facts.get("modality") or "").upper()
+        if modalities and modality not in modalities:
+            problems.append(f"modality {modality or 'missing'} is not one the model was made for ({'/'.join(modalities)})")
+        terms = [t.upper() for t in self.scope.get("body_parts", [])]
+        part = " ".join(str(facts.get(k) or "") for k in ("body_part", "anatomic_region")).upper().strip()
+        if terms and part and not any(t in part for t in terms):
+            problems.append(f"body part {part} is not one the model was made for ({'/'.join(terms)})")
+        return problems
+
+    def derive(self, **changes: Any) -> "ModelCard":
+        """The card of an artefact made from this model whose codes may differ from its own: an
+        INT8 or FP16 copy, a TensorRT engine. `changes` (JSON values; at least `precision`) say
+        what was done. The new card gets its own fingerprint, computed from this one and the
+        changes, so an Index, a shard folder or the service refuses to mix the two models'
+        codes; derived_from keeps the parent's fingerprint and the changes.
+        """
+        if "precision" not in changes:
+            raise ValueError("derive() needs the artefact's precision (e.g. precision='int8')")
+        derivation = json.loads(json.dumps(changes, sort_keys=True))   # JSON values only, canonical
+        child = ModelCard.from_json(self.to_json())
+        child.precision = str(changes["precision"])
+        child.derived_from = {"fingerprint": self.fingerprint, **derivation}
+        h = hashlib.sha256(b"medhash-derived/1\n")
+        h.update(self.fingerprint.encode())
+        h.update(json.dumps(derivation, sort_keys=True).encode())
+        child.fingerprint = h.hexdigest()
+        return child
 
     def to_json(self) -> str:
         d = asdict(self)

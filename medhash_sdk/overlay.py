@@ -13,7 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ._atomic import atomic_write
+from .atomic import atomic_write
 from .preprocessing import to_unit_float
 
 _COLORMAPS = {"jet": cv2.COLORMAP_JET, "turbo": cv2.COLORMAP_TURBO, "inferno": cv2.COLORMAP_INFERNO,

@@ -9,14 +9,16 @@ consumes as INT8 (explicit quantization) and ONNX Runtime runs on CPUs.
 
 Codes of the INT8 model differ from FP32 codes on a few bits; an archive encoded at one
 precision is searched with queries at another, so the bit agreement with the FP32 model is
-measured on held-out images, printed, and stored in the model card (metrics). The INT8 model
-keeps the FP32 model's fingerprint (the same trained model; its card says precision "int8"),
-so its codes can be searched against FP32 codes, with that agreement published.
+measured on held-out images, printed, and stored in the model card (metrics). Since its codes
+differ, the INT8 model has a fingerprint of its own (ModelCard.derive: from the FP32 model's,
+the quantisation settings and the calibration images), so an index never mixes FP32 and INT8
+codes; its card names the FP32 parent.
 Needs the `onnx` package (pip install onnx) besides onnxruntime.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import sys
@@ -27,7 +29,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from .atomic import atomic_path
 from .codes import unpack_codes
+from .pipeline import decode_ahead, raise_first_error
 
 
 @dataclass
@@ -44,19 +48,17 @@ class Agreement:
                 f"{self.identical_codes:.2%}, max |dp| {self.max_prob_diff:.4f}")
 
 
-def _preprocessed(encoder: Any, inputs: Sequence[Any], batch_size: int = 32) -> np.ndarray:
-    load = encoder.loader()
-    xs: list[np.ndarray] = []
-    for s in range(0, len(inputs), batch_size):
-        xs.extend(load(x) for x in inputs[s:s + batch_size])
-    return np.stack(xs).astype(np.float32)
+def _preprocessed(encoder: Any, inputs: Sequence[Any]) -> np.ndarray:
+    """float32 (n, C, S, S): the inputs decoded ahead (medhash_sdk.pipeline) by the Encoder's loader."""
+    decoded = raise_first_error(decode_ahead(list(inputs), encoder.loader()))
+    return np.stack([d.value for d in decoded]).astype(np.float32)
 
 
 def agreement(reference: Any, other: Any, x: np.ndarray, batch_size: int = 32) -> Agreement:
     """Compare two Encoders' codes and probabilities on preprocessed images x (n, C, S, S)."""
     ca, cb, pa, pb = [], [], [], []
     for s in range(0, len(x), batch_size):
-        oa, ob = reference._run(x[s:s + batch_size]), other._run(x[s:s + batch_size])
+        oa, ob = reference.outputs_preprocessed(x[s:s + batch_size]), other.outputs_preprocessed(x[s:s + batch_size])
         ca.append(oa["code_logits"] > 0)
         cb.append(ob["code_logits"] > 0)
         pa.append(oa["probabilities"])
@@ -106,7 +108,7 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calibration: Sequ
     except ImportError as e:
         raise ImportError("quantization needs onnx and onnxruntime: pip install onnx 'medhash-sdk[cpu]'") from e
     from .encoder import Encoder
-    from .model_card import INPUT_NAME, ModelCard
+    from .model_card import INPUT_NAME
 
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
@@ -131,18 +133,18 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calibration: Sequ
         except Exception:  # shape inference can fail on exotic graphs: quantize the model as is
             pre = src
         q = Path(tmp) / "q.onnx"
-        quantize_static(str(pre), str(q), _Reader(x_cal, getattr(fp32._backend, "input_name", INPUT_NAME),
+        quantize_static(str(pre), str(q), _Reader(x_cal, INPUT_NAME,
                                            # histogram calibrators stack per-batch outputs: equal batches only
                                            batch_size if method == "minmax" else 1),
                         quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=methods[method], extra_options=extra)
         m = onnx.load(str(q))
-        card = ModelCard.from_json(fp32.card.to_json())
-        card.precision = "int8"
-        card.training = dict(card.training, quantization={
+        card = fp32.card.derive(precision="int8", quantization={
             "format": "QDQ", "activations": "int8 symmetric", "weights": "int8 symmetric" + (" per-channel" if per_channel else ""),
-            "calibration": method, "calibration_images": len(x_cal), "tool": "onnxruntime.quantization"})
+            "calibration": method, "calibration_images": len(x_cal),
+            "calibration_sha256": hashlib.sha256(np.ascontiguousarray(x_cal).tobytes()).hexdigest(),
+            "tool": "onnxruntime.quantization"})
         props = {p.key: p.value for p in m.metadata_props}
         props.update(card.to_metadata())
         del m.metadata_props[:]
@@ -160,22 +162,16 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calibration: Sequ
             del m.metadata_props[:]
             onnx.helper.set_model_props(m, props)
             onnx.save(m, str(q))
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(q), str(dst))
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(q, tmp)
     return result
 
 
 def _expand(items: Sequence[str]) -> list[str]:
-    """Directories -> their image files (sorted); files kept."""
-    exts = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm"}
-    out: list[str] = []
-    for it in items:
-        p = Path(it)
-        if p.is_dir():
-            out += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in exts)
-        else:
-            out.append(str(p))
-    return out
+    """Files, folders, lists and tables -> image paths, by medhash encode's input discovery."""
+    from .inputs import discover
+
+    return [it.path for it in discover(list(items)).items]
 
 
 def main(argv: list[str] | None = None) -> int:

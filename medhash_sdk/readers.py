@@ -47,7 +47,12 @@ ImageInput = Union[str, os.PathLike, np.ndarray]
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-_DICOM_SUFFIXES = {".dcm", ".dicom", ".dic", ".ima"}
+#: File name extensions of DICOM files (a DICOM file may also have none: its content says so).
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic", ".ima"})
+#: File name extensions of the raster formats these readers decode (the content is what counts).
+RASTER_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff"})
+#: Every extension input discovery takes as an image: exactly the formats read here.
+IMAGE_SUFFIXES = RASTER_SUFFIXES | DICOM_SUFFIXES
 # SOF markers that carry the frame size (not DHT C4, JPG C8, DAC CC)
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 # Transfer syntaxes whose decoders are only GPL (pylibjpeg-libjpeg) when python-gdcm is absent
@@ -377,9 +382,19 @@ def _read_bytes_unchecked(data: bytes, source: str, max_pixels: int, frame: int,
         return _decode_raster(data, source, "tiff", max_pixels)
     if head[128:132] == b"DICM":
         return _decode_dicom(data, source, max_pixels, frame, force=False)
-    if suffix.lower() in _DICOM_SUFFIXES:  # DICOM without the 128-byte preamble
+    if suffix.lower() in DICOM_SUFFIXES:  # DICOM without the 128-byte preamble
         return _decode_dicom(data, source, max_pixels, frame, force=True)
     raise ImageReadError(source, "not an image (not PNG, JPEG, TIFF or DICOM)")
+
+
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """True if the file has the DICOM preamble marker ``DICM`` at byte 128."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
 
 
 def read_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES,

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from medhash_sdk.model_card import INPUT_NAME, ModelCard, compute_fingerprint
+from medhash_sdk.model_card import CHEST_RADIOGRAPH_SCOPE, INPUT_NAME, ModelCard, compute_fingerprint
 from medhash_sdk.preprocessing import Preprocessing
 
 NIH_LABELS = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
@@ -60,7 +60,7 @@ def tiny_model(path: Path, nbits: int = 64, input_size: int = 64, channels: int 
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="medhash-tests")
     model.ir_version = 9
     card = ModelCard(nbits=nbits, preprocessing=spec, labels=labels, method="tiny-test-fixture",
-                     backbone="avgpool-linear", training={"data": "none (test fixture)"})
+                     backbone="avgpool-linear", training={"data": "none (test fixture)"}, scope=CHEST_RADIOGRAPH_SCOPE)
     card.fingerprint = compute_fingerprint(w.items(), spec, nbits, labels)
     helper.set_model_props(model, card.to_metadata())
     onnx.checker.check_model(model)

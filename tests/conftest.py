@@ -1,11 +1,19 @@
-"""Fixtures shared by the runtime tests: small ONNX models with a medhash model card."""
+"""Fixtures shared by the runtime tests: small ONNX models with a medhash model card; the
+requires_data mark (tests/_data.py)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
+from _data import missing_data
 from _models import tiny_model
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("requires_data"):
+        if not mark.kwargs["available"]:
+            missing_data(mark.kwargs["reason"])
 
 
 @pytest.fixture(scope="session")

@@ -14,16 +14,17 @@ import numpy as np
 import pytest
 
 from _dicom_files import make_dataset, save
-from medhash_sdk.batch import ShardDir, ShardDirError, encode_to_shards, shard_slices
+from medhash_sdk.batch import ShardDir, ShardDirError, encode_to_shards
+from medhash_sdk.batch.job import shard_slices
 from medhash_sdk.encoder import Encoder
 from medhash_sdk.exceptions import ModelMismatchError
 from medhash_sdk.index import Index
 from medhash_sdk.inputs import InputError, discover
-from _data import NIH_PNG_DIR
+from _data import NIH_PNG_DIR, requires_data
 
 DATA = NIH_PNG_DIR
 PNGS = sorted(DATA.glob("*.png"))
-pytestmark = pytest.mark.skipif(len(PNGS) < 12, reason=f"real NIH PNGs not found in {DATA}")
+pytestmark = requires_data(len(PNGS) >= 12, f"real NIH PNGs not found in {DATA}")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -129,11 +130,11 @@ def test_discover_errors(tmp_path, small_pngs):
     with pytest.raises(InputError, match="no image files"):
         discover(tmp_path / "empty")
     bad = tmp_path / "bad.csv"
-    bad.write_text("file_name,label\nx.png,1\n")
+    bad.write_text("accession,label\nx,1\n")
     with pytest.raises(InputError, match="--path-column"):
         discover(bad)
     with pytest.raises(InputError, match="no id column 'acc'"):
-        discover(bad, path_column="file_name", id_column="acc")
+        discover(bad, path_column="accession", id_column="acc")
     for sub in ("x", "y"):
         (tmp_path / sub).mkdir()
         cv2.imwrite(str(tmp_path / sub / "same.png"), small_pngs[0])

@@ -17,12 +17,12 @@ from medhash_sdk.encoder import Encoder, default_model_path
 from medhash_sdk.exceptions import ModelFileError
 from medhash_sdk.index import Index
 from medhash_sdk.metrics import map_at_k
-from _data import NIH_PNG_DIR
+from _data import NIH_PNG_DIR, requires_data
 
 DATA = NIH_PNG_DIR
 SAMPLES = Path(__file__).resolve().parents[1] / "medhash_sdk" / "assets" / "samples"
 PNGS = sorted(DATA.glob("*.png"))
-pytestmark = pytest.mark.skipif(len(PNGS) < 16, reason=f"real NIH PNGs not found in {DATA}")
+pytestmark = requires_data(len(PNGS) >= 16, f"real NIH PNGs not found in {DATA}")
 
 
 @pytest.fixture(scope="module")
@@ -53,19 +53,33 @@ def built(tmp_path_factory, models):
     return root
 
 
-def test_encode_index_search_json_explain(built, models, capsys):
+@pytest.fixture(scope="module")
+def indexed(built, models):
+    """`medhash encode` of the cases (shard size 5) and `medhash index build`, once per module:
+    (exit status and stderr of encode, exit status of index build)."""
+    import contextlib
+    import io
+
+    model, _ = models
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(["encode", str(built / "cases.csv"), "--out", str(built / "shards"), "--model", str(model),
+                   "--shard-size", "5", "--batch-size", "4", "--workers", "2", "--no-progress", "--providers", "cpu"])
+        rc_build = main(["index", "build", str(built / "shards"), "--out", str(built / "codes.idx"),
+                         "--model", str(model)])
+    return rc, err.getvalue(), rc_build
+
+
+def test_encode_index_search_json_explain(built, models, indexed, capsys):
     model, _ = models
     out = built / "shards"
-    rc = main(["encode", str(built / "cases.csv"), "--out", str(out), "--model", str(model), "--shard-size", "5",
-               "--batch-size", "4", "--workers", "2", "--no-progress", "--providers", "cpu"])
-    err = capsys.readouterr().err
+    rc, err, rc_build = indexed
     assert rc == 3, err                                   # finished, one input failed
     assert "16 of 17 inputs encoded into 4 shards" in err and "1 inputs failed" in err
     with open(out / "errors.csv", newline="") as f:
         assert [r["id"] for r in csv.DictReader(f)] == ["imgs/broken.png"]
     idx_path = built / "codes.idx"
-    assert main(["index", "build", str(out), "--out", str(idx_path), "--model", str(model)]) == 0
-    capsys.readouterr()
+    assert rc_build == 0, err
     assert main(["index", "info", str(idx_path), "--verify"]) == 0
     assert "16 codes of 64 bits" in capsys.readouterr().out
 
@@ -95,12 +109,11 @@ def test_encode_index_search_json_explain(built, models, capsys):
     assert f"distance   0  imgs/{PNGS[1].name}" in cap.out
 
 
-def test_model_mismatch_and_unfinished_refused(built, models, capsys, tmp_path):
+def test_model_mismatch_and_unfinished_refused(built, models, indexed, capsys, tmp_path):
     model, other = models
     out = built / "shards"
     idx_path = built / "codes.idx"
-    if not idx_path.exists():
-        pytest.skip("needs test_encode_index_search_json_explain first")
+    assert indexed[2] == 0
     rc = main(["search", "--index", str(idx_path), "--model", str(other), str(built / "imgs" / PNGS[0].name),
                "--providers", "cpu"])
     assert rc == 1 and "model" in capsys.readouterr().err
@@ -117,14 +130,11 @@ def test_model_mismatch_and_unfinished_refused(built, models, capsys, tmp_path):
     (part / "manifest.json").write_text(json.dumps(m))
     assert main(["index", "build", str(part), "--out", str(tmp_path / "y.idx")]) == 1
     assert "unfinished" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["encode", "--ray", str(built / "imgs"), "--out", str(tmp_path / "z")])
+    assert main(["encode", "--ray", str(built / "imgs"), "--out", str(tmp_path / "z")]) == 2
     assert "--ray=ADDRESS" in capsys.readouterr().err
 
 
 def test_demo_with_a_test_model(models, tmp_path, capsys):
-    if not (SAMPLES / "labels.csv").is_file():
-        pytest.skip("bundled samples not present")
     model, _ = models
     assert main(["demo", "--model", str(model), "--out", str(tmp_path / "demo"), "-k", "2"]) == 0
     out = capsys.readouterr().out
@@ -189,7 +199,11 @@ def test_bad_arguments_are_one_line_errors(capsys, monkeypatch):
     monkeypatch.delenv("MEDHASH_DEBUG", raising=False)
     rc = cli_main(["eval", "--model", "no.onnx", "--data", "no.npz", "--k", "0"])
     err = capsys.readouterr().err
-    assert rc == 2 and "--k must be >= 1" in err and "Traceback" not in err
+    assert rc == 2 and "--k: expected an integer >= 1, got '0'" in err and "Traceback" not in err
+    for argv in (["search", "--index", "x.idx", "q.png", "-k", "0"], ["encode", "in", "--out", "o", "--batch-size", "-1"],
+                 ["demo", "-k", "zero"], ["train", "--data", "d.npz", "--out", "o", "--split-fractions", "0.5,0.6,0"]):
+        assert cli_main(argv) == 2, argv
+        assert "error: argument" in capsys.readouterr().err
 
 
 def test_training_commands_without_torch_print_the_install_hint(capsys, monkeypatch):

@@ -16,7 +16,7 @@ from medhash_sdk import Encoder
 from medhash_sdk.codes import unpack_codes
 from medhash_sdk.datasets import check_split, load_dataset
 from medhash_sdk.evaluation import evaluate_file
-from _data import SHARED_DATA
+from _data import SHARED_DATA, missing_data
 
 DATA = SHARED_DATA
 NPZ = [DATA / "nih1000_64.npz", DATA / "nih_extra_128.npz"]
@@ -32,13 +32,13 @@ def encoder() -> Encoder:
 @pytest.fixture(scope="module")
 def report(encoder):
     if not all(p.is_file() for p in NPZ):
-        pytest.skip(f"NIH data not found under {DATA}")
+        missing_data(f"NIH data not found under {DATA}")
     return evaluate_file(encoder.model_path, [str(p) for p in NPZ], split="test", k=100)
 
 
 def test_split_is_the_one_the_model_was_trained_with(encoder):
     if not all(p.is_file() for p in NPZ):
-        pytest.skip(f"NIH data not found under {DATA}")
+        missing_data(f"NIH data not found under {DATA}")
     rule = encoder.card.training["split"]
     ds = load_dataset([str(p) for p in NPZ], split_seed=int(rule["seed"]), fractions=rule["fractions"])
     assert check_split(ds, rule) == []
@@ -65,7 +65,7 @@ def test_codes_stable_across_resolutions(encoder):
     """Every NIH PNG's code from the 1024 px file and from a 256 px copy agree on >= 90% of bits."""
     files = sorted((DATA / "nih_png_1024").glob("*.png"))
     if not files:
-        pytest.skip("NIH PNGs not found")
+        missing_data("NIH PNGs not found")
     small = []
     for f in files:
         im = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)

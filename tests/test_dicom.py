@@ -12,11 +12,11 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 from _dicom_files import make_dataset, save, to_jpeg_lossless
 from medhash_sdk import readers
 from medhash_sdk.exceptions import ImageReadError, UnsupportedImageError
-from _data import NIH_PNG_DIR
+from _data import NIH_PNG_DIR, requires_data
 
 DATA = NIH_PNG_DIR
 PNGS = sorted(DATA.glob("*.png"))
-pytestmark = pytest.mark.skipif(not PNGS, reason=f"real NIH PNGs not found in {DATA}")
+pytestmark = requires_data(bool(PNGS), f"real NIH PNGs not found in {DATA}")
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,11 @@ from medhash_sdk.backends.onnxruntime import CPU, CUDA, TRT, provider_list
 from medhash_sdk.encoder import Encoder
 from medhash_sdk.exceptions import ImageReadError, ModelFileError, UnsupportedImageError
 from medhash_sdk.preprocessing import preprocess_batch
-from _data import NIH_PNG_DIR
+from _data import NIH_PNG_DIR, requires_data
 
 DATA = NIH_PNG_DIR
 PNGS = sorted(DATA.glob("*.png"))[:12]
-pytestmark = pytest.mark.skipif(not PNGS, reason=f"real NIH PNGs not found in {DATA}")
+pytestmark = requires_data(bool(PNGS), f"real NIH PNGs not found in {DATA}")
 
 
 

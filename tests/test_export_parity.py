@@ -14,7 +14,7 @@ from medhash_sdk.model_card import INPUT_NAME, OUTPUT_NAMES, ModelCard  # noqa: 
 from medhash_sdk.preprocessing import Preprocessing, preprocess_batch  # noqa: E402
 from medhash_train.attention import NetConfig, build_model  # noqa: E402
 from medhash_train.onnx_export import export_onnx, export_random, model_fingerprint, onnx_outputs  # noqa: E402
-from _data import SHARED_DATA
+from _data import SHARED_DATA, missing_data
 
 DATA = str(SHARED_DATA / "nih1000_64.npz")
 
@@ -22,7 +22,7 @@ DATA = str(SHARED_DATA / "nih1000_64.npz")
 @pytest.fixture(scope="module")
 def nih():
     if not os.path.exists(DATA):
-        pytest.skip(f"real NIH data not found at {DATA}")
+        missing_data(f"real NIH data not found at {DATA}")
     z = np.load(DATA)
     return z["images"][:128], z["labels"][:128]
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from _data import NIH_PNGS
+from _data import NIH_PNGS, requires_data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 fuzz_readers = pytest.importorskip("fuzz_readers")
 
-pytestmark = pytest.mark.skipif(not NIH_PNGS, reason="real NIH PNGs not found")
+pytestmark = requires_data(bool(NIH_PNGS), "real NIH PNGs not found")
 
 
 def test_mutated_files_decode_or_raise_image_read_error():

@@ -9,7 +9,7 @@ import pytest
 from _models import tiny_model
 from medhash_sdk.encoder import Encoder
 from medhash_sdk.overlay import attention_on_image, explain, overlay, save_overlay
-from _data import NIH_PNG_DIR
+from _data import NIH_PNG_DIR, requires_data
 
 PNGS = sorted((NIH_PNG_DIR).glob("*.png"))
 
@@ -43,7 +43,7 @@ def test_overlay_blends_in_proportion_to_attention():
         overlay(img, np.zeros(5))
 
 
-@pytest.mark.skipif(not PNGS, reason="real NIH PNGs not found")
+@requires_data(bool(PNGS), "real NIH PNGs not found")
 def test_explain_writes_png(tmp_path):
     tiny_model(tmp_path / "t.onnx")
     enc = Encoder(tmp_path / "t.onnx", providers="cpu")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from _data import NIH_PNG_DIR
+from _data import NIH_PNG_DIR, requires_data
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -72,7 +72,7 @@ def test_licence_check_catches_gpl():
     assert _OK.search("LGPL-2.1") and not _GPL.search("MIT | Apache-2.0")
 
 
-@pytest.mark.skipif(not PNG, reason="real NIH PNGs not found")
+@requires_data(bool(PNG), "real NIH PNGs not found")
 def test_runtime_works_with_torch_unimportable(tmp_path):
     sys.path.insert(0, str(Path(__file__).parent))
     from _models import tiny_model

@@ -7,12 +7,14 @@ import pytest
 
 from _models import tiny_model
 from medhash_sdk.encoder import Encoder
+from medhash_sdk.exceptions import ModelMismatchError
+from medhash_sdk.index import Index
 from medhash_sdk.quantize import code_agreement, main, quantize
-from _data import NIH_PNG_DIR
+from _data import NIH_PNG_DIR, requires_data
 
 onnx = pytest.importorskip("onnx")
 PNGS = sorted((NIH_PNG_DIR).glob("*.png"))
-pytestmark = pytest.mark.skipif(len(PNGS) < 30, reason="real NIH PNGs not found")
+pytestmark = requires_data(len(PNGS) >= 30, "real NIH PNGs not found")
 
 
 def test_qdq_model_keeps_card_and_agrees(tmp_path, capsys):
@@ -25,8 +27,16 @@ def test_qdq_model_keeps_card_and_agrees(tmp_path, capsys):
     zp = {i.name: onnx.numpy_helper.to_array(i) for i in m.graph.initializer}
     assert all(zp[n.input[2]].dtype == np.int8 and not zp[n.input[2]].any() for n in q)  # symmetric int8
     fp32, int8 = Encoder(tmp_path / "fp32.onnx", "cpu"), Encoder(tmp_path / "int8.onnx", "cpu")
-    assert int8.precision == "int8" and int8.fingerprint == fp32.fingerprint
-    assert int8.card.training["quantization"]["calibration_images"] == 24
+    # its codes differ from the FP32 model's: its own fingerprint, the parent named in its card
+    assert int8.precision == "int8" and int8.fingerprint != fp32.fingerprint
+    assert int8.card.derived_from["fingerprint"] == fp32.fingerprint
+    assert int8.card.derived_from["quantization"]["calibration_images"] == 24
+    index = Index(nbits=64, fingerprint=fp32.fingerprint)
+    index.add(fp32.encode(PNGS[24:28]))
+    with pytest.raises(ModelMismatchError):
+        index.add(int8.encode(PNGS[28:30]), fingerprint=int8.fingerprint)
+    with pytest.raises(ModelMismatchError):
+        index.check_fingerprint(int8.fingerprint)
     stored = int8.card.metrics["agreement_vs_fp32"]
     assert res is not None and stored["images"] == 16 and stored["bit_agreement"] == round(res.bit_agreement, 6)
     agree = code_agreement(fp32.encode(PNGS[24:40]), int8.encode(PNGS[24:40]), 64)

@@ -14,11 +14,11 @@ from medhash_sdk.batch import ShardDir, ShardDirError, encode_to_shards  # noqa:
 from medhash_sdk.cli import main  # noqa: E402
 from medhash_sdk.distributed import encode_with_ray  # noqa: E402
 from medhash_sdk.exceptions import ModelMismatchError  # noqa: E402
-from _data import NIH_PNG_DIR
+from _data import NIH_PNG_DIR, requires_data
 
 DATA = NIH_PNG_DIR
 PNGS = sorted(DATA.glob("*.png"))
-pytestmark = pytest.mark.skipif(len(PNGS) < 20, reason=f"real NIH PNGs not found in {DATA}")
+pytestmark = requires_data(len(PNGS) >= 20, f"real NIH PNGs not found in {DATA}")
 
 
 @pytest.fixture(scope="module")

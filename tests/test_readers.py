@@ -13,11 +13,11 @@ import pytest
 from medhash_sdk import readers
 from medhash_sdk.exceptions import ImageReadError, UnsupportedImageError
 from medhash_sdk.preprocessing import Preprocessing, preprocess
-from _data import NIH_PNG_DIR
+from _data import NIH_PNG_DIR, requires_data
 
 DATA = NIH_PNG_DIR
 PNGS = sorted(DATA.glob("*.png"))
-pytestmark = pytest.mark.skipif(not PNGS, reason=f"real NIH PNGs not found in {DATA}")
+pytestmark = requires_data(bool(PNGS), f"real NIH PNGs not found in {DATA}")
 
 
 @pytest.fixture(scope="module")

@@ -124,7 +124,8 @@ def test_engine_build_and_codes_match_onnxruntime(tmp_path):  # pragma: no cover
     for fp16 in (False, True):
         eng = build_engine(tmp_path / "t.onnx", tmp_path / f"t{int(fp16)}.engine", fp16=fp16, max_batch=8, opt_batch=4)
         e = Encoder(eng)
-        assert e.fingerprint == card.fingerprint and e.precision == ("fp16" if fp16 else "fp32")
+        assert e.precision == ("fp16" if fp16 else "fp32")
+        assert e.fingerprint != card.fingerprint and e.card.derived_from["fingerprint"] == card.fingerprint
         assert e.provider.startswith("TensorRT 10.")
         codes = e.encode(png, batch_size=16)   # > max_batch: split inside the backend
         agree = code_agreement(codes, ref.encode(png), 64)

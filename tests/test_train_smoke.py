@@ -24,7 +24,7 @@ from medhash_sdk.datasets import load_dataset, to_network_input  # noqa: E402
 from medhash_sdk.evaluation import evaluate_codes  # noqa: E402
 from medhash_train.evaluate import torch_codes  # noqa: E402
 from medhash_train.trainer import TrainConfig, net_config_for  # noqa: E402
-from _data import SHARED_DATA
+from _data import SHARED_DATA, missing_data
 
 DATA = str(SHARED_DATA / "nih1000_64.npz")
 MARGIN = 0.01
@@ -44,7 +44,7 @@ def one_thread():
 @pytest.mark.slow
 def test_short_training_beats_untrained_network(tmp_path, capsys, one_thread):
     if not os.path.exists(DATA):
-        pytest.skip(f"real NIH data not found at {DATA}")
+        missing_data(f"real NIH data not found at {DATA}")
     out = tmp_path / "run"
     rc = main(["train", "--data", DATA, "--method", "attention", "--bits", "32", "--input-size", "64",
                "--epochs", "20", "--width", "0.25", "--batch-size", "32", "--lr", "2e-3", "--seed", str(SEED),

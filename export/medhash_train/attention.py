@@ -1,8 +1,8 @@
-"""The paper's attention-guided hashing network (method.md, "Network"), exportable whole to ONNX.
+"""The paper's attention-guided hashing network (docs/method.md), exportable whole to ONNX.
 
 forward(x) -> (code_logits u in (-1,1)^K, class probabilities (N, C), attention (N, h, w)).
 
-Our decisions where the paper is silent (documented in the README's method notes too):
+Our decisions where the paper is silent (summarised in docs/method.md):
 - CAM level: a light feature pyramid over the backbone's stride-8/16/32 maps (1x1 convs,
   bilinear upsampling to the stride-8 grid, sum, BN, ReLU) feeds the classification branch
   (GAP -> linear -> sigmoid). With GAP + linear, Grad-CAM equals the CAM

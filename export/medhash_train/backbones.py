@@ -2,7 +2,7 @@
 
 Every backbone takes (N, C, H, W) of any size >= 16 and returns three feature maps at output
 strides 8, 16 and 32 (`channels` lists their widths), which the attention network needs: the
-CAM comes from the stride-8 level (method.md, "Practicalities"). `width` scales every channel
+CAM comes from the stride-8 level (docs/method.md). `width` scales every channel
 count (0.5 = half width). Stem: "imagenet" (7x7 stride 2 + max-pool, stride 4 after the stem)
 or "small" (3x3 stride 1, no pool: for 28-48 px inputs, where a stride-32 map would be 1x1);
 with "small" the three levels sit at strides 2, 4 and 8.

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from medhash_sdk.commands.arguments import fractions, non_negative_int, positive_int
+
 
 TORCH_HINT = "medhash {cmd} needs torch, the CPU build pinned: pip install torch==2.13.0"
 
@@ -50,9 +52,9 @@ def register_train(sub: argparse._SubParsersAction) -> None:
                    help="attention (the paper's), ablation-global, ablation-crop, attention-dch (the paper's "
                         "network with DCH's pair loss), dsh, dpsh, hashnet, dch, csq, dtsh, idhn, dfh, dpn, "
                         "orthohash (default attention)")
-    p.add_argument("--bits", type=int, default=64, help="code length, a multiple of 8 (default 64)")
-    p.add_argument("--input-size", type=int, default=64, help="network input side in pixels (default 64)")
-    p.add_argument("--local-scale", type=int, default=1, metavar="S",
+    p.add_argument("--bits", type=positive_int, default=64, help="code length, a multiple of 8 (default 64)")
+    p.add_argument("--input-size", type=positive_int, default=64, help="network input side in pixels (default 64)")
+    p.add_argument("--local-scale", type=positive_int, default=1, metavar="S",
                    help="attention methods: the branches see input-size/S; the crop is taken from the full "
                         "input, so the local branch sees real detail (e.g. --input-size 128 --local-scale 2)")
     add_crop_options(p)
@@ -71,32 +73,28 @@ def register_train(sub: argparse._SubParsersAction) -> None:
                         "and standardised; the code has bits + N bits (default 0)")
     p.add_argument("--channels", type=int, choices=(1, 3), default=1,
                    help="1: colour images converted to gray (default); 3: kept as RGB")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--epochs", type=positive_int, default=20)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--backbone", default="resnet18", help="resnet18, resnet34 or densenet121")
     p.add_argument("--width", type=float, default=0.5, help="backbone width multiplier (default 0.5)")
     p.add_argument("--backbone-weights", default=None, help="local state_dict file to start the backbone from")
     p.add_argument("--warmup-epochs", type=int, default=-1,
                    help="epochs on the classification/hash losses before the crop is used (default epochs//4)")
-    p.add_argument("--seed", type=int, default=0, help="training seed")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the patient split (recorded in the model)")
-    p.add_argument("--split-fractions", type=_fractions, default=(0.7, 0.1, 0.2), metavar="TRAIN,VAL,TEST",
+    p.add_argument("--seed", type=non_negative_int, default=0, help="training seed")
+    p.add_argument("--split-seed", type=non_negative_int, default=0, help="seed of the patient split (recorded in the model)")
+    p.add_argument("--split-fractions", type=fractions, default=(0.7, 0.1, 0.2), metavar="TRAIN,VAL,TEST",
                    help="patient split fractions when the data has no given split (default 0.7,0.1,0.2)")
+    p.add_argument("--scope-modalities", type=_names, default=[], metavar="M,M",
+                   help="DICOM modalities the model is made for, written into its card and checked by "
+                        "Encoder.analyze(strict=True), e.g. CR,DX (default: none stated)")
+    p.add_argument("--scope-body-parts", type=_names, default=[], metavar="TERM,TERM",
+                   help="body part terms one of which a DICOM input's Body Part Examined must contain, "
+                        "e.g. CHEST,THORAX,LUNG (default: none stated)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run_train, parser=p)
-
-
-def _fractions(text: str) -> tuple[float, float, float]:
-    try:
-        f = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected three numbers like 0.7,0.1,0.2, got {text!r}") from None
-    if len(f) != 3 or min(f) < 0 or abs(sum(f) - 1) > 1e-6:
-        raise argparse.ArgumentTypeError(f"expected three non-negative fractions summing to 1, got {text!r}")
-    return f  # type: ignore[return-value]
 
 
 def train_settings(args: argparse.Namespace) -> dict:
@@ -133,8 +131,14 @@ def run_train(args: argparse.Namespace) -> int:
     from .trainer import TrainConfig
 
     cfg = TrainConfig(**train_settings(args))
-    train_and_export(cfg, args.data, args.out, split_seed=args.split_seed, fractions=args.split_fractions)
+    scope = {k: v for k, v in (("modalities", args.scope_modalities), ("body_parts", args.scope_body_parts)) if v}
+    train_and_export(cfg, args.data, args.out, split_seed=args.split_seed, fractions=args.split_fractions,
+                     scope=scope)
     return 0
+
+
+def _names(text: str) -> list[str]:
+    return [t.strip().upper() for t in text.split(",") if t.strip()]
 
 
 def register_export(sub: argparse._SubParsersAction) -> None:

@@ -15,13 +15,13 @@ import io
 import logging
 import os
 import platform
-import tempfile
 from typing import Any
 
 import numpy as np
 import torch
 
 from medhash_sdk import __version__ as sdk_version
+from medhash_sdk.atomic import atomic_path
 from medhash_sdk.model_card import INPUT_NAME, OUTPUT_NAMES, ModelCard, compute_fingerprint
 from medhash_sdk.preprocessing import Preprocessing
 
@@ -60,18 +60,22 @@ def describe_backbone(cfg: NetConfig) -> str:
 
 
 def build_card(model: AttentionHashNet, spec: Preprocessing, labels: list[str], method: str,
-               training: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None) -> ModelCard:
+               training: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+               scope: dict[str, list[str]] | None = None) -> ModelCard:
     cfg = model.config
     return ModelCard(nbits=cfg.code_bits, preprocessing=spec, labels=list(labels), method=method,
                      fingerprint=model_fingerprint(model, spec, cfg.code_bits, labels),
                      backbone=describe_backbone(cfg), training=dict(training or {}),
-                     metrics=dict(metrics or {}), versions=_versions())
+                     metrics=dict(metrics or {}), versions=_versions(), scope=dict(scope or {}))
 
 
 def export_onnx(model: AttentionHashNet, spec: Preprocessing, labels: list[str], method: str, out: str | os.PathLike,
                 training: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
-                verbose: bool = False) -> ModelCard:
-    """Write `model` to `out` (one .onnx file) with its ModelCard in metadata_props; return the card."""
+                verbose: bool = False, scope: dict[str, list[str]] | None = None) -> ModelCard:
+    """Write `model` to `out` (one .onnx file) with its ModelCard in metadata_props; return the card.
+
+    scope: the inputs the model is made for (ModelCard.scope, checked by Encoder.analyze(strict=True)).
+    """
     import onnx
 
     if model.config.in_ch != spec.channels:
@@ -80,7 +84,7 @@ def export_onnx(model: AttentionHashNet, spec: Preprocessing, labels: list[str],
         raise ValueError(f"{len(labels)} label names for a network with {model.config.num_labels} outputs")
     model = model.to("cpu").float().eval()
     model.set_crop(True)           # the shipped graph always uses the attention crop
-    card = build_card(model, spec, labels, method, training, metrics)
+    card = build_card(model, spec, labels, method, training, metrics, scope)
     x = torch.zeros(2, spec.channels, spec.input_size, spec.input_size)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
@@ -97,19 +101,8 @@ def export_onnx(model: AttentionHashNet, spec: Preprocessing, labels: list[str],
         entry.key, entry.value = k, v
     proto.producer_name = "medhash_train"
     proto.doc_string = f"medhash-sdk {method} hashing model, {card.nbits} bits"
-    out = os.fspath(out)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=os.path.dirname(os.path.abspath(out)))
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:   # a model file is for everyone to read: 0644 minus the umask
         onnx.save_model(proto, tmp, save_as_external_data=False)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)     # mkstemp makes 0600; a model file is for everyone to read
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return card
 
 
@@ -121,7 +114,7 @@ def export_checkpoint(checkpoint: str, out: str, verbose: bool = False) -> Model
     model = model_from_checkpoint(ck)
     spec = Preprocessing.from_dict(ck["preprocessing"])
     return export_onnx(model, spec, ck["labels"], ck["method"], out, training=ck.get("training"),
-                       metrics=ck.get("metrics"), verbose=verbose)
+                       metrics=ck.get("metrics"), verbose=verbose, scope=ck.get("scope"))
 
 
 def export_random(out: str, nbits: int = 64, input_size: int = 64, width: float = 0.25, seed: int = 0,

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medhash_sdk.atomic import atomic_path
 from medhash_sdk.datasets import ImageSet, to_network_input
 from medhash_sdk.evaluation import code_figures
 from medhash_sdk.preprocessing import Preprocessing
@@ -345,7 +346,8 @@ def checkpoint_dict(result: TrainResult, cfg: TrainConfig, ds: ImageSet) -> dict
 
 
 def save_checkpoint(path: str, ckpt: dict[str, Any]) -> None:
-    torch.save(ckpt, path)
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._atomic import atomic_open
+from ..atomic import atomic_open
 from ..exceptions import ModelFileError
 from ..model_card import INPUT_NAME, OUTPUT_NAMES, ModelCard
 from . import ENGINE_MAGIC
@@ -173,10 +173,10 @@ def build_engine(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str],
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise ModelFileError(f"{src}: TensorRT could not build an engine (see the TensorRT log above)")
-    card.precision = precision
+    engine_card = card.derive(precision=precision, runtime="tensorrt", tensorrt_version=str(trt.__version__))
     header = {
         "format": "medhash-trt/1",
-        "card": card.to_json(),
+        "card": engine_card.to_json(),
         "source_fingerprint": card.fingerprint,
         "precision": precision,
         "tensorrt_version": trt.__version__,

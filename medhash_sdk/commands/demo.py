@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from .arguments import positive_int
+
 SAMPLES = Path(__file__).resolve().parents[1] / "assets" / "samples"
 # Columns of samples/labels.csv that are not findings
 _NOT_LABELS = ("file", "path", "image_index", "patient_id")
@@ -27,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                         "(default ./medhash-demo)")
     p.add_argument("--model", default=None, help="model file; default: the bundled model")
     p.add_argument("--samples", default=None, help=argparse.SUPPRESS)   # a folder with labels.csv (tests)
-    p.add_argument("-k", type=int, default=3, help="matches shown per sample (default 3)")
+    p.add_argument("-k", type=positive_int, default=3, help="matches shown per sample (default 3)")
     p.set_defaults(run=run)
 
 

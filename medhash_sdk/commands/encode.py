@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+
+from .arguments import positive_int, providers, ray_address
 
 # Exit status when the job finished but some inputs could not be read (listed in errors.csv).
 EXIT_SOME_FAILED = 3
@@ -20,10 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a directory (recursive), an image file, a .txt list of paths, or a CSV with a path column")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (shards, manifest, errors.csv)")
     p.add_argument("--model", default=None, help="model file (.onnx or .engine); default: the bundled model")
-    p.add_argument("--batch-size", type=_positive, default=64, help="images per inference batch (default 64)")
-    p.add_argument("--workers", type=_positive, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per inference batch (default 64)")
+    p.add_argument("--workers", type=positive_int, default=None,
                    help="decode workers (default: the cores this process may use)")
-    p.add_argument("--shard-size", type=_positive, default=None,
+    p.add_argument("--shard-size", type=positive_int, default=None,
                    help="inputs per shard (default 8192); must stay the same when resuming")
     p.add_argument("--pool", choices=("auto", "thread", "process"), default="auto",
                    help="decode workers: auto = threads for PNG/JPEG/TIFF, processes for DICOM (default)")
@@ -34,37 +35,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--id-column", default=None, help="CSV column holding the ids (default: the path as written)")
     p.add_argument("--label-columns", default=None,
                    help="comma-separated CSV label columns to keep (default: every other column)")
-    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS", type=_ray_address,
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS", type=ray_address,
                    help="run on a Ray cluster (needs medhash-sdk[dist]); ADDRESS: 'auto' for a running "
                         "cluster, ray://HOST:10001, or nothing for RAY_ADDRESS / a local instance. "
                         "Write --ray=ADDRESS, or put --ray after the INPUTs")
-    p.add_argument("--ray-actors", type=_positive, default=None,
+    p.add_argument("--ray-actors", type=positive_int, default=None,
                    help="encoder actors on Ray (default: one per GPU, or CPUs / workers without GPUs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
-def _ray_address(text: str) -> str:
-    if text and os.path.exists(text):
-        raise argparse.ArgumentTypeError(
-            f"took {text!r} as the cluster address, but it is a path: write --ray=ADDRESS or put --ray "
-            "after the INPUTs")
-    return text
-
-
-def providers_arg(text: str) -> str | list[str]:
-    """'auto', 'cpu', 'cuda', 'tensorrt', or a comma-separated list of ONNX Runtime provider names."""
-    return [p.strip() for p in text.split(",") if p.strip()] if "," in text else text.strip()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     common = dict(
         model=args.model, batch_size=args.batch_size, workers=args.workers,
         shard_size=args.shard_size or DEFAULT_SHARD_SIZE, path_column=args.path_column,
-        id_column=args.id_column, providers=providers_arg(args.providers),
+        id_column=args.id_column, providers=providers(args.providers),
         label_columns=args.label_columns.split(",") if args.label_columns else None,
         show_progress_bar=False if args.no_progress else None,
     )

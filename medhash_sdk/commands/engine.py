@@ -5,12 +5,7 @@ import argparse
 import sys
 import time
 
-
-def _positive(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return v
+from .arguments import positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,9 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="the exported .onnx model")
     p.add_argument("--out", required=True, help="engine file to write (e.g. model.engine)")
     p.add_argument("--fp16", action="store_true", help="allow FP16 kernels (faster; a few code bits may differ)")
-    p.add_argument("--max-batch", type=_positive, default=64, help="largest batch the engine accepts (default 64)")
-    p.add_argument("--opt-batch", type=_positive, default=32, help="batch size the engine is tuned for (default 32)")
-    p.add_argument("--workspace-mib", type=_positive, default=2048, help="builder workspace in MiB (default 2048)")
+    p.add_argument("--max-batch", type=positive_int, default=64, help="largest batch the engine accepts (default 64)")
+    p.add_argument("--opt-batch", type=positive_int, default=32, help="batch size the engine is tuned for (default 32)")
+    p.add_argument("--workspace-mib", type=positive_int, default=2048, help="builder workspace in MiB (default 2048)")
     p.set_defaults(run=run)
 
 

@@ -25,6 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .arguments import int_at_least, positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="retrieval mAP@K / NDCG@K of an exported model on a dataset",
@@ -34,20 +36,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
                    help="held-out images: a split of the model's recorded split rule (default test), or all: "
                         "the whole data is an archive the model never saw")
-    p.add_argument("--k", type=int, default=100, help="cut-off K of mAP@K, NDCG@K, precision@K (default 100)")
-    p.add_argument("--tie-seeds", type=int, default=3, help="tie-breaking shuffles averaged (default 3)")
-    p.add_argument("--bootstrap", type=int, default=2000, metavar="N",
-                   help="patient-bootstrap replicates of the 95%% intervals (default 2000)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--k", type=positive_int, default=100, help="cut-off K of mAP@K, NDCG@K, precision@K (default 100)")
+    p.add_argument("--tie-seeds", type=positive_int, default=3, help="tie-breaking shuffles averaged (default 3)")
+    p.add_argument("--bootstrap", type=int_at_least(100), default=2000, metavar="N",
+                   help="patient-bootstrap replicates of the 95%% intervals (default 2000, at least 100)")
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--json", action="store_true", help="print one JSON object (keys in the module docstring)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.k < 1:
-        raise ValueError(f"--k must be >= 1, got {args.k}")
-    if args.bootstrap < 100:
-        raise ValueError(f"--bootstrap must be >= 100, got {args.bootstrap}")
     from ..evaluation import evaluate_file
     res = evaluate_file(args.model, args.data, split=args.split, k=args.k,
                         seeds=tuple(range(max(1, args.tie_seeds))), batch_size=args.batch_size, n_boot=args.bootstrap)

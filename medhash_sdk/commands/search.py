@@ -8,9 +8,9 @@ import re
 import sys
 from typing import Any
 
-import numpy as np
-
-from .encode import EXIT_SOME_FAILED, providers_arg
+from .._system import available_cpus
+from .arguments import positive_int, providers
+from .encode import EXIT_SOME_FAILED
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="query images: files, directories, .txt lists or CSV files, as for `medhash encode`")
     p.add_argument("--index", required=True, help="index file (from `medhash index build`)")
     p.add_argument("--model", default=None, help="model file; default: the bundled model")
-    p.add_argument("-k", type=int, default=10, help="matches per query (default 10)")
+    p.add_argument("-k", type=positive_int, default=10, help="matches per query (default 10)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--explain", metavar="OUTDIR", default=None,
                    help="write one contact sheet PNG per query into OUTDIR: the query and its matches "
@@ -38,34 +38,26 @@ def sheet_name(query_id: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..batch import read_sources
+    from ..batch import encode_shards, read_sources
     from ..contact_sheet import Match, contact_sheet, describe_labels
     from ..encoder import Encoder
-    from ..exceptions import MedhashError
     from ..index import Index
     from ..inputs import discover
+    from ..pipeline import DecodePools
 
-    if args.k < 1:
-        raise SystemExit(f"medhash search: error: -k must be >= 1, got {args.k}")
     index = Index.load(args.index)
-    enc = Encoder(args.model, providers=providers_arg(args.providers))
+    enc = Encoder(args.model, providers=providers(args.providers))
     if index.fingerprint is not None:
         index.check_fingerprint(enc.fingerprint)   # ModelMismatchError: says which models differ
     queries = discover(args.queries).items
-    loader = enc.loader()
-    arrays, ok, failed = [], [], []
-    for q in queries:
-        try:
-            arrays.append(loader(q.path))
-            ok.append(q)
-        except MedhashError as e:
-            failed.append((q, getattr(e, "reason", str(e))))
-            print(f"medhash search: {q.path}: {getattr(e, 'reason', e)}", file=sys.stderr)
+    with DecodePools(available_cpus(), "auto") as pools:
+        found_codes = next(encode_shards([(0, queries)], enc, pools, batch_size=64))
+    ok, failed = found_codes.items, found_codes.errors
+    for q, reason in failed:
+        print(f"medhash search: {q.path}: {reason}", file=sys.stderr)
     results: list[dict[str, Any]] = []
     if ok:
-        codes = np.concatenate([enc.encode_preprocessed(np.stack(arrays[s:s + 64]))
-                                for s in range(0, len(arrays), 64)])
-        res = index.search(codes, k=args.k)
+        res = index.search(found_codes.codes, k=args.k)
         found = {str(x) for row, drow in zip(res.ids, res.distances) for x, d in zip(row, drow) if d >= 0}
         columns, sources = read_sources(args.index, found)
         for q, row, drow in zip(ok, res.ids, res.distances):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from typing import IO, Any, Iterator
 
 
@@ -26,6 +26,22 @@ def fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
+def _create_temporary(folder: str, name: str) -> str:
+    """An empty new file `.name.XXXX.tmp` in `folder`, created 0644 minus the process umask.
+
+    os.open applies the umask itself, so the umask is never read by changing it (os.umask is
+    process-wide: swapping it would race with every other thread creating files).
+    """
+    for _ in range(100):
+        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file beside {os.path.join(folder, name)}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
     """Yield a temporary path beside `path` for a writer that takes a path; publish it on success.
@@ -36,16 +52,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
     target = os.path.abspath(os.fspath(path))
     folder = os.path.dirname(target)
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder)
-    os.close(fd)
+    tmp = _create_temporary(folder, os.path.basename(target))
     try:
-        try:
-            mode = os.stat(target).st_mode & 0o777
+        try:   # a replaced file keeps its permissions; a new one gets 0644 minus the umask (os.open)
+            os.chmod(tmp, os.stat(target).st_mode & 0o777)
         except FileNotFoundError:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o644 & ~umask
-        os.chmod(tmp, mode)
+            pass
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
