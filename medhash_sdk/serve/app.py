@@ -23,7 +23,7 @@ import json
 import logging
 import time
 from importlib import resources
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -51,8 +51,9 @@ class DicomwebRef(BaseModel):
 
 class SearchFilters(BaseModel):
     k: int = Field(10, ge=1, le=MAX_K, description="matches to return")
-    modality: Optional[list[str]] = Field(None, description="keep items of these modalities (e.g. CR, DX)")
-    view_position: Optional[list[str]] = Field(None, description="keep items of these view positions (PA, AP, LL)")
+    modality: Union[str, list[str], None] = Field(None, description="keep items of these modalities (e.g. CR, DX)")
+    view_position: Union[str, list[str], None] = Field(None, description="keep items of these view positions "
+                                                                          "(PA, AP, LL)")
     study_date_from: Optional[str] = Field(None, description="keep items with a study date on or after (YYYY-MM-DD)")
     study_date_to: Optional[str] = Field(None, description="keep items with a study date on or before (YYYY-MM-DD)")
     exclude_same_patient: bool = Field(False, description="skip items of the query's patient (salted hash)")
@@ -286,6 +287,7 @@ def create_app(service: Service) -> FastAPI:
             except ValueError as e:
                 raise RequestValidationError(getattr(e, "errors", lambda: [{"msg": str(e)}])()) from None
             params = body.model_dump()
+            service.parse_search(params)
             if (body.id is None) == (body.dicomweb is None):
                 raise BadInput("give one of 'id' (a stored item) or 'dicomweb' (an instance in the PACS); "
                                "or upload a file as multipart/form-data")
@@ -303,6 +305,7 @@ def create_app(service: Service) -> FastAPI:
                 raise BadInput("the multipart field 'file' (the query image) is missing")
             raw = {k: v for k, v in form.items() if isinstance(v, str)}
             params = _form_params(raw)
+            service.parse_search(params)
             data = await f.read()
             _audit(request, query=[f.filename or "upload"])
             out = await run_in_threadpool(_search_upload, data, f.filename or "", params, explain)

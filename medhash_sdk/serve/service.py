@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from ..exceptions import ImageReadError, MedhashError
+from ..exceptions import ImageReadError, MedhashError, UnsupportedImageError
 from ..readers import MAX_PIXELS
 from .audit import AUDIT_NAME, AuditLog
 from .catalog import Catalog, Filters, norm_term
@@ -223,6 +223,9 @@ class Service:
         try:
             return decode(data, filename or "upload", max_pixels=self.settings.max_pixels,
                           suffix=os.path.splitext(filename or "")[1])
+        except UnsupportedImageError as e:   # too many pixels, a transfer syntax without a decoder
+            self.metrics.encode_errors.labels(via).inc()
+            raise BadInput(f"image refused: {e.reason}", 422) from None
         except ImageReadError as e:
             self.metrics.encode_errors.labels(via).inc()
             raise BadInput(f"unreadable image: {e.reason}", 422) from None
@@ -241,6 +244,12 @@ class Service:
                 metadata: dict[str, Any] | None = None, patient_id: str | None = None,
                 via: str = "http") -> NewItem:
         """Decode, encode and describe one uploaded file (nothing is stored yet)."""
+        if item_id is not None:
+            check_id(item_id)
+        for key in ("modality", "view_position"):
+            if (metadata or {}).get(key) is not None and not isinstance(metadata[key], str):  # type: ignore[index]
+                raise BadInput(f"metadata.{key} must be a string")
+        parse_date((metadata or {}).get("study_date"), "metadata.study_date")   # cheap checks first
         img = self._decode(data, filename, via)
         md: dict[str, Any] = {}
         dicom_patient = None
@@ -259,8 +268,7 @@ class Service:
             if item_id is None:
                 item_id = secrets.token_hex(16)
         check_id(item_id)
-        modality = norm_term(md.get("modality")) if isinstance(md.get("modality"), (str, type(None))) else None
-        view = norm_term(md.get("view_position")) if isinstance(md.get("view_position"), (str, type(None))) else None
+        modality, view = norm_term(md.get("modality")), norm_term(md.get("view_position"))
         study_date = None
         if md.get("study_date") is not None:
             study_date = parse_date(md["study_date"], "metadata.study_date")
@@ -382,7 +390,9 @@ class Service:
         q.source = "dicomweb"
         return q
 
-    def search(self, q: Query, params: dict[str, Any], explain: bool) -> dict[str, Any]:
+    @staticmethod
+    def parse_search(params: dict[str, Any]) -> tuple[int, Filters]:
+        """k and the metadata filters of a search request (BadInput if wrong); checked before any work."""
         k = params.get("k", 10)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise BadInput(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
@@ -390,6 +400,10 @@ class Service:
                     view_position=terms(params.get("view_position"), "view_position"),
                     study_date_from=parse_date(params.get("study_date_from"), "study_date_from"),
                     study_date_to=parse_date(params.get("study_date_to"), "study_date_to"))
+        return k, f
+
+    def search(self, q: Query, params: dict[str, Any], explain: bool) -> dict[str, Any]:
+        k, f = self.parse_search(params)
         if params.get("exclude_same_patient"):
             if q.patient_hash is None:
                 raise BadInput("exclude_same_patient: the query has no patient id (DICOM PatientID, or the "

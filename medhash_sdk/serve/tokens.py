@@ -77,8 +77,8 @@ def listing(db: Database) -> list[tuple[str, str, str]]:
 
 
 class TokenCache:
-    """Token -> Token lookups for every request, from the database with a short cache, so that
-    `medhash token create` / `revoke` on a running service take effect within `ttl` seconds."""
+    """Token -> Token lookups for every request, from the database with a short cache: a token
+    created on a running service works at once, a revoked one stops within `ttl` seconds."""
 
     def __init__(self, db: Database, ttl: float = 2.0):
         self.db, self.ttl = db, float(ttl)
@@ -97,7 +97,10 @@ class TokenCache:
             if time.monotonic() - self._loaded > self.ttl:
                 self._reload()
             found = self._by_hash.get(h)
-            if found is None and time.monotonic() - self._loaded > 0.2:
-                self._reload()   # a token created a moment ago
-                found = self._by_hash.get(h)
+        if found is None:   # created a moment ago? one indexed lookup (hash is UNIQUE)
+            row = self.db.reader().execute("SELECT name, role FROM tokens WHERE hash = ?", (h,)).fetchone()
+            if row is not None:
+                found = Token(*row)
+                with self._lock:
+                    self._by_hash[h] = found
         return found
