@@ -144,7 +144,8 @@ def test_openapi_names_the_fixed_routes(svc):
         assert method in paths[path], (path, method)
     body = paths["/v1/search"]["post"]["requestBody"]["content"]
     assert set(body) == {"multipart/form-data", "application/json"}
-    assert "HTTPBearer" in doc["components"]["securitySchemes"]
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer" and doc["security"] == [{"bearer": []}]
+    assert paths["/healthz"]["get"]["security"] == [] and "write token" in paths["/v1/items"]["post"]["description"]
 
 
 # ------------------------------------------------------------------ items

@@ -25,10 +25,9 @@ import time
 from importlib import resources
 from typing import Any, Optional, Union
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -38,9 +37,6 @@ from .service import MAX_K, BadInput, Service
 from .tokens import Token
 
 log = logging.getLogger("medhash.serve")
-
-_bearer = HTTPBearer(auto_error=False, description="a token from `medhash token create`")
-
 
 # ------------------------------------------------------------------ request and answer models
 class DicomwebRef(BaseModel):
@@ -135,26 +131,32 @@ def _audit(request: Request, **fields: Any) -> None:
 
 def create_app(service: Service) -> FastAPI:
     app = FastAPI(title="medhash similar-case service", version=__version__,
-                  description="Search similar medical images by deep hashing (medhash-sdk).",
+                  description="Search similar medical images by deep hashing (medhash-sdk). Every route but "
+                              "/healthz needs `Authorization: Bearer TOKEN` (`medhash token create`); "
+                              "adding, replacing, deleting and STOW-RS need a write token.",
                   openapi_url=None, docs_url=None, redoc_url=None)  # docs pages load JS from CDNs: off
     app.state.service = service
 
-    # -------------------------------------------------------------- auth
-    def _token(request: Request, cred: Optional[HTTPAuthorizationCredentials], write: bool) -> Token:
-        tok = service.tokens.lookup(cred.credentials) if cred is not None else None
-        if tok is None:
-            raise HTTPException(401, "missing or unknown bearer token (Authorization: Bearer TOKEN)",
-                                headers={"WWW-Authenticate": "Bearer"})
-        request.state.token = tok
-        if write and not tok.can_write:
-            raise HTTPException(403, f"token {tok.name!r} may only read; this route needs a write token")
-        return tok
+    def schema() -> dict[str, Any]:
+        """FastAPI's OpenAPI document plus the bearer scheme the gate enforces (auth lives in Gate,
+        one place for every route, not in per-route dependencies)."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
 
-    def reader(request: Request, cred: Optional[HTTPAuthorizationCredentials] = Depends(_bearer)) -> Token:
-        return _token(request, cred, write=False)
+            doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            doc.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "a token from `medhash token create`"}}
+            doc["security"] = [{"bearer": []}]
+            for path, ops in doc["paths"].items():
+                for method, op in ops.items():
+                    if Gate.needs(method.upper(), path) == PUBLIC:
+                        op["security"] = []
+                    elif Gate.needs(method.upper(), path) == WRITE:
+                        op["description"] = (op.get("description", "") + " Needs a write token.").strip()
+            app.openapi_schema = doc
+        return app.openapi_schema
 
-    def writer(request: Request, cred: Optional[HTTPAuthorizationCredentials] = Depends(_bearer)) -> Token:
-        return _token(request, cred, write=True)
+    app.openapi = schema  # type: ignore[method-assign]
 
     # -------------------------------------------------------------- errors: one line, never a traceback
     @app.exception_handler(BadInput)
@@ -189,20 +191,20 @@ def create_app(service: Service) -> FastAPI:
 
     # -------------------------------------------------------------- operations
     @app.get("/readyz", tags=["operations"], summary="model and index loaded", responses=ERRORS)
-    async def readyz(tok: Token = Depends(reader)) -> JSONResponse:
+    async def readyz() -> JSONResponse:
         ok = service.ready
         return JSONResponse({"ready": ok, "items": len(service.catalog), "model": service.fingerprint,
                              "nbits": service.nbits, **({} if ok else {"detail": service.writer.broken})},
                             status_code=200 if ok else 503)
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", responses=ERRORS)
-    async def metrics(tok: Token = Depends(reader)) -> Response:
+    async def metrics() -> Response:
         body, ctype = service.metrics.render()
         return Response(body, media_type=ctype)
 
     @app.get("/openapi.json", include_in_schema=False)
-    async def openapi(tok: Token = Depends(reader)) -> JSONResponse:
-        return JSONResponse(app.openapi())
+    async def openapi() -> JSONResponse:
+        return JSONResponse(schema())
 
     # -------------------------------------------------------------- items
     async def _form_item(request: Request) -> tuple[bytes, str, dict[str, Any]]:
@@ -231,46 +233,46 @@ def create_app(service: Service) -> FastAPI:
 
     @app.post("/v1/items", tags=["items"], status_code=201, response_model=Stored, responses=ERRORS,
               openapi_extra=_ITEM_BODY, summary="add an image (409 if its id is stored already)")
-    async def add_item(request: Request, tok: Token = Depends(writer)) -> JSONResponse:
+    async def add_item(request: Request) -> JSONResponse:
         return await _store(request, None, replace=False)
 
     @app.put("/v1/items/{item_id}", tags=["items"], status_code=201, response_model=Stored, responses=ERRORS,
              openapi_extra=_ITEM_BODY, summary="add or replace the image stored under this id")
-    async def put_item(item_id: str, request: Request, tok: Token = Depends(writer)) -> JSONResponse:
+    async def put_item(item_id: str, request: Request) -> JSONResponse:
         return await _store(request, item_id, replace=True)
 
     @app.get("/v1/items/{item_id}", tags=["items"], response_model=ItemAnswer, responses=ERRORS)
-    async def get_item(item_id: str, request: Request, tok: Token = Depends(reader)) -> JSONResponse:
+    async def get_item(item_id: str, request: Request) -> JSONResponse:
         _audit(request, query=[item_id])
         out = await run_in_threadpool(service.get, item_id)
         _audit(request, returned=[item_id])
         return JSONResponse(out)
 
     @app.delete("/v1/items/{item_id}", tags=["items"], responses=ERRORS, summary="delete an item")
-    async def delete_item(item_id: str, request: Request, tok: Token = Depends(writer)) -> JSONResponse:
+    async def delete_item(item_id: str, request: Request) -> JSONResponse:
         _audit(request, query=[item_id])
         await run_in_threadpool(service.delete, item_id)
         return JSONResponse({"id": item_id, "deleted": True})
 
     @app.get("/v1/items/{item_id}/thumbnail.jpg", tags=["items"], responses=ERRORS,
              response_class=Response, summary="the stored image, at most 256 px")
-    async def item_thumbnail(item_id: str, request: Request, tok: Token = Depends(reader)) -> Response:
+    async def item_thumbnail(item_id: str, request: Request) -> Response:
         _audit(request, query=[item_id])
         return Response(await run_in_threadpool(service.image, item_id, "thumbnail"), media_type="image/jpeg")
 
     @app.get("/v1/items/{item_id}/heatmap.png", tags=["items"], responses=ERRORS,
              response_class=Response, summary="the model's attention over the stored image")
-    async def item_heatmap(item_id: str, request: Request, tok: Token = Depends(reader)) -> Response:
+    async def item_heatmap(item_id: str, request: Request) -> Response:
         _audit(request, query=[item_id])
         return Response(await run_in_threadpool(service.image, item_id, "heatmap"), media_type="image/png")
 
     @app.get("/v1/queries/{qid}/thumbnail.jpg", tags=["search"], responses=ERRORS, response_class=Response)
-    async def query_thumbnail(qid: str, request: Request, tok: Token = Depends(reader)) -> Response:
+    async def query_thumbnail(qid: str, request: Request) -> Response:
         _audit(request, query=[qid])
         return Response(await run_in_threadpool(service.query_image, qid, "thumbnail"), media_type="image/jpeg")
 
     @app.get("/v1/queries/{qid}/heatmap.png", tags=["search"], responses=ERRORS, response_class=Response)
-    async def query_heatmap(qid: str, request: Request, tok: Token = Depends(reader)) -> Response:
+    async def query_heatmap(qid: str, request: Request) -> Response:
         _audit(request, query=[qid])
         return Response(await run_in_threadpool(service.query_image, qid, "heatmap"), media_type="image/png")
 
@@ -278,7 +280,7 @@ def create_app(service: Service) -> FastAPI:
     @app.post("/v1/search", tags=["search"], response_model=SearchAnswer, responses=ERRORS,
               openapi_extra=_SEARCH_BODY,
               summary="the k most similar stored items to an uploaded image or a stored item")
-    async def search(request: Request, tok: Token = Depends(reader),
+    async def search(request: Request,
                      explain: bool = Query(False, description="add thumbnail and heatmap links")) -> JSONResponse:
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("application/json"):
@@ -293,7 +295,10 @@ def create_app(service: Service) -> FastAPI:
                                "or upload a file as multipart/form-data")
             if body.id is not None:
                 _audit(request, query=[body.id])
-                out = await run_in_threadpool(_search_item, body.id, params, explain)
+                if params.get("kos"):
+                    out = await run_in_threadpool(_search_item, body.id, params, explain)
+                else:   # two indexed SQLite reads and a queued scan: no worker thread needed
+                    out = await service.search_async(service.query_from_item(body.id), params, explain)
             else:
                 assert body.dicomweb is not None
                 _audit(request, query=[body.dicomweb.sop_instance_uid])
@@ -329,7 +334,8 @@ def create_app(service: Service) -> FastAPI:
     # -------------------------------------------------------------- STOW-RS
     @app.post("/v1/dicomweb/studies", tags=["dicomweb"], responses=ERRORS,
               summary="STOW-RS: store DICOM instances (multipart/related; type=\"application/dicom\")")
-    async def stow(request: Request, tok: Token = Depends(writer)) -> JSONResponse:
+    async def stow(request: Request) -> JSONResponse:
+        tok: Token = request.state.token
         from .dicomweb import FAILURE_CANNOT_UNDERSTAND, FAILURE_OUT_OF_RESOURCES, StowError, boundary_of, parts, \
             stow_answer
 
@@ -385,13 +391,44 @@ def _form_params(raw: dict[str, str]) -> dict[str, Any]:
     return p
 
 
+PUBLIC, READ, WRITE = "public", "read", "write"
+_PUBLIC = {("GET", "/"), ("GET", "/healthz"), ("HEAD", "/"), ("HEAD", "/healthz")}
+
+
 class Gate:
-    """Pure ASGI middleware around the app: the upload limit (413 before reading past it), then
-    after each request one audit line and the request metrics."""
+    """Pure ASGI middleware around the app, the one place of: bearer-token auth (401 / 403), the
+    upload limit (413 before reading past it), and after each request one audit line and the
+    request metrics."""
 
     def __init__(self, app: Any, service: Service):
         self.app, self.service = app, service
         self.max_body = int(service.settings.max_upload)
+
+    @staticmethod
+    def needs(method: str, path: str) -> str:
+        """What a request needs: public (the viewer page, /healthz), a write token (adding,
+        replacing, deleting, STOW-RS) or a read token (everything else, unknown paths too)."""
+        if (method, path) in _PUBLIC:
+            return PUBLIC
+        if (method == "POST" and (path == "/v1/items" or path.startswith("/v1/dicomweb/"))) or \
+                (method in ("PUT", "DELETE") and path.startswith("/v1/items/")):
+            return WRITE
+        return READ
+
+    def _auth(self, scope: dict[str, Any]) -> tuple[int, str] | None:
+        """None if the request may go on (the token in scope["state"]), else (status, reason)."""
+        need = self.needs(scope.get("method", ""), scope.get("path", ""))
+        if need == PUBLIC:
+            return None
+        header = next((v for k, v in scope.get("headers", ()) if k == b"authorization"), b"").decode("latin-1")
+        scheme, _, credentials = header.partition(" ")
+        tok = self.service.tokens.lookup(credentials.strip()) if scheme.lower() == "bearer" and credentials else None
+        if tok is None:
+            return 401, "missing or unknown bearer token (Authorization: Bearer TOKEN)"
+        scope.setdefault("state", {})["token"] = tok
+        if need == WRITE and not tok.can_write:
+            return 403, f"token {tok.name!r} may only read; this route needs a write token"
+        return None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -406,13 +443,24 @@ class Gate:
                 status[0] = int(message["status"])
             await send(message)
 
+        refused = self._auth(scope)
+        if refused is not None:
+            try:
+                await _refuse(send_status, *refused)
+            finally:
+                self._record(scope, status[0], time.perf_counter() - t0)
+            return
         length = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), None)
         try:
-            if length is not None and int(length) > limit:
-                await _refuse(send_status, 413, f"upload of {int(length):,} bytes is over the limit of {limit:,}")
-                return
+            too_big = length is not None and int(length) > limit
         except ValueError:
-            await _refuse(send_status, 400, "bad Content-Length")
+            too_big = None
+        if too_big is None or too_big:
+            try:
+                await _refuse(send_status, *((400, "bad Content-Length") if too_big is None else
+                                             (413, f"upload of {int(length):,} bytes is over the limit of {limit:,}")))
+            finally:
+                self._record(scope, status[0], time.perf_counter() - t0)
             return
         seen = [0]
 
@@ -448,9 +496,12 @@ class Gate:
 
 async def _refuse(send: Any, status: int, detail: str) -> None:
     body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    if status == 413:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 

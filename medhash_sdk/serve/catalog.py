@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import re
+import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +45,8 @@ class Filters:
     study_date_from: int | None = None     # YYYYMMDD, inclusive
     study_date_to: int | None = None
     exclude_patient: str | None = None     # patient hash whose items are skipped
-    exclude_seq: int | None = None         # the query item itself (its database seq)
+    exclude_seq: int | None = None         # the query item itself: its database seq ...
+    exclude_id: str | None = None          # ... and its id
 
     def any(self) -> bool:
         return any(v is not None for v in (self.modality, self.view_position, self.study_date_from,
@@ -180,11 +184,34 @@ class Catalog:
                 m[row] = False
         return m
 
+    @staticmethod
+    def plain(f: Filters) -> bool:
+        """True when a search needs no mask: no filter, or only the query item left out."""
+        return not replace(f, exclude_seq=None, exclude_id=None).any() and (
+            f.exclude_seq is None or f.exclude_id is not None)
+
     def search(self, code: np.ndarray, k: int, f: Filters, threads: int = 1) -> list[tuple[str, int]]:
+        """The k nearest stored items passing the filters: [(id, distance)], nearest first."""
+        if self.plain(f):
+            return self.search_plain(np.asarray(code)[None, :], [k], [f.exclude_id], threads)[0]
         with self.lock.read():
             mask = self.mask(f)
             res = self.index.search(code, k=k, threads=threads, allow=mask)
         return [(str(i), int(d)) for i, d in zip(res.ids, res.distances) if d >= 0]
+
+    def search_plain(self, codes: np.ndarray, ks: list[int], exclude: list[str | None],
+                     threads: int = 1) -> list[list[tuple[str, int]]]:
+        """Unmasked searches in one scan. A query that leaves out its own item asks for one more:
+        the top k + 1 without it are the top k of the rest (ties keep insertion order either way),
+        and the top K's first k are the top k, so one K serves every query of the batch."""
+        big = max(k + (x is not None) for k, x in zip(ks, exclude))
+        with self.lock.read():
+            res = self.index.search(codes, k=big, threads=threads)
+        out = []
+        for row_ids, row_d, k, x in zip(res.ids, res.distances, ks, exclude):
+            hits = [(str(i), int(d)) for i, d in zip(row_ids, row_d) if d >= 0 and i != x]
+            out.append(hits[:k])
+        return out
 
     def code_of(self, item_id: str) -> np.ndarray | None:
         with self.lock.read():
@@ -266,3 +293,102 @@ class Catalog:
             except OSError:
                 pass
         return path
+
+
+class Scanner:
+    """One thread that runs the queued searches: those without a mask together, as one batch
+    of queries in one scan of the codes (the engine reads the codes once for all of them), the
+    others one by one. Concurrent requests thus share scans the way uploads share model runs."""
+
+    def __init__(self, catalog: Catalog, threads: int = 1, max_batch: int = 64, on_scan: Any = None):
+        self.catalog, self.threads, self.max_batch = catalog, int(threads), int(max_batch)
+        self.on_scan = on_scan
+        self._q: queue.Queue[tuple[np.ndarray, int, Filters, Future] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="medhash-scanner", daemon=True)
+        self._thread.start()
+
+    def submit(self, code: np.ndarray, k: int, f: Filters) -> Future:
+        fut: Future = Future()
+        self._q.put((np.asarray(code, dtype=np.uint8), int(k), f, fut))
+        return fut
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._thread.join(10)
+
+    def _loop(self) -> None:
+        while True:
+            first = self._q.get()
+            if first is None:
+                return
+            jobs = [first]
+            stop = False
+            while len(jobs) < self.max_batch:
+                try:
+                    nxt = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                jobs.append(nxt)
+            plain = [j for j in jobs if Catalog.plain(j[2])]
+            if self.on_scan is not None:
+                for size in ([len(plain)] if plain else []) + [1] * (len(jobs) - len(plain)):
+                    self.on_scan(size)
+            try:
+                if plain:
+                    found = self.catalog.search_plain(np.stack([j[0] for j in plain]), [j[1] for j in plain],
+                                                      [j[2].exclude_id for j in plain], self.threads)
+                    for j, hits in zip(plain, found):
+                        j[3].set_result(hits)
+            except Exception as e:  # noqa: BLE001 - hand the error to every waiting request
+                for j in plain:
+                    if not j[3].done():
+                        j[3].set_exception(e)
+            for code, k, f, fut in jobs:
+                if fut.done():
+                    continue
+                try:
+                    fut.set_result(self.catalog.search(code, k, f, self.threads))
+                except Exception as e:  # noqa: BLE001
+                    fut.set_exception(e)
+            if stop:
+                return
+
+
+class LoopScanner:
+    """Unmasked searches issued on the event loop, batched without leaving it: every search that
+    arrives during one turn of the loop joins one scan, run by a callback scheduled with
+    call_soon. No thread hand-off (each costs a futex and a wake-up write) for the common case,
+    a search by a stored id; the engine call blocks the loop for one batched scan."""
+
+    def __init__(self, catalog: Catalog, threads: int = 1, on_scan: Any = None):
+        self.catalog, self.threads, self.on_scan = catalog, int(threads), on_scan
+        self._pending: list[tuple[np.ndarray, int, str | None, Any]] = []
+
+    async def search(self, code: np.ndarray, k: int, f: Filters) -> list[tuple[str, int]]:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush)
+        self._pending.append((np.asarray(code, dtype=np.uint8), int(k), f.exclude_id, fut))
+        return await fut
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        if self.on_scan is not None:
+            self.on_scan(len(batch))
+        try:
+            found = self.catalog.search_plain(np.stack([b[0] for b in batch]), [b[1] for b in batch],
+                                              [b[2] for b in batch], self.threads)
+        except Exception as e:  # noqa: BLE001 - every waiting request gets the error
+            for b in batch:
+                if not b[3].done():
+                    b[3].set_exception(e)
+            return
+        for b, hits in zip(batch, found):
+            if not b[3].done():
+                b[3].set_result(hits)

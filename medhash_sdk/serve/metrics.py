@@ -21,6 +21,8 @@ class Metrics:
                                      ["source"], registry=r)
         self.batch = Histogram("medhash_encoder_batch_size", "images per model run",
                                buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
+        self.scan = Histogram("medhash_scan_batch_size", "searches per scan of the codes",
+                              buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.commit = Histogram("medhash_commit_group_size", "writes per database commit",
                                 buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
         self.commit_seconds = Histogram("medhash_commit_seconds", "time of one group commit",

@@ -19,6 +19,10 @@ def run(settings: Settings, *, log_level: str = "info", ready_file: str | None =
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     service = Service(settings)
+    import gc
+
+    gc.collect()
+    gc.freeze()   # what start-up built stays: keep it out of every later collection
     scp = None
     try:
         if settings.dicom_port is not None:

@@ -23,7 +23,7 @@ import numpy as np
 from ..exceptions import ImageReadError, MedhashError, UnsupportedImageError
 from ..readers import MAX_PIXELS
 from .audit import AUDIT_NAME, AuditLog
-from .catalog import Catalog, Filters, norm_term
+from .catalog import Catalog, Filters, LoopScanner, Scanner, norm_term
 from .db import Database
 from .dicom import (STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS, instance_metadata,
                     iso_date, looks_like_dicom)
@@ -175,6 +175,8 @@ class Service:
         self.metrics = Metrics(lambda: len(self.catalog))
         self.analyzer = BatchAnalyzer(self.encoder, settings.max_batch, on_batch=self.metrics.on_batch)
         self.writer = Writer(self.db, self.catalog, on_commit=self.metrics.on_commit)
+        self.scanner = Scanner(self.catalog, settings.search_threads, on_scan=self.metrics.scan.observe)
+        self.loop_scanner = LoopScanner(self.catalog, settings.search_threads, on_scan=self.metrics.scan.observe)
         self.audit = AuditLog(Path(settings.data_dir) / AUDIT_NAME)
         self.tokens = TokenCache(self.db)
         self.queries = QueryCache()
@@ -197,6 +199,7 @@ class Service:
         self._stop.set()
         self.writer.close()
         self.analyzer.close()
+        self.scanner.close()
         self._snapper.join(5)
         try:
             if self.writer.changes != self._snap_changes:
@@ -402,7 +405,7 @@ class Service:
                     study_date_to=parse_date(params.get("study_date_to"), "study_date_to"))
         return k, f
 
-    def search(self, q: Query, params: dict[str, Any], explain: bool) -> dict[str, Any]:
+    def _plan(self, q: Query, params: dict[str, Any]) -> tuple[int, Filters]:
         k, f = self.parse_search(params)
         if params.get("exclude_same_patient"):
             if q.patient_hash is None:
@@ -410,8 +413,28 @@ class Service:
                                "stored item's, or patient_id in the request)")
             f.exclude_patient = q.patient_hash
         if q.seq is not None and params.get("exclude_self", True):
-            f.exclude_seq = q.seq
-        hits = self.catalog.search(q.code, k, f, threads=self.settings.search_threads)
+            f.exclude_seq, f.exclude_id = q.seq, q.item_id
+        return k, f
+
+    def search(self, q: Query, params: dict[str, Any], explain: bool) -> dict[str, Any]:
+        """Blocking: for worker threads."""
+        k, f = self._plan(q, params)
+        hits = self.scanner.submit(q.code, k, f).result()
+        return self._answer(q, k, hits, params, explain)
+
+    async def search_async(self, q: Query, params: dict[str, Any], explain: bool) -> dict[str, Any]:
+        """On the event loop: waits for the scanner thread without holding a worker thread."""
+        import asyncio
+
+        k, f = self._plan(q, params)
+        if Catalog.plain(f):
+            hits = await self.loop_scanner.search(q.code, k, f)
+        else:   # a mask over every row: built in the scanner thread, not on the loop
+            hits = await asyncio.wrap_future(self.scanner.submit(q.code, k, f))
+        return self._answer(q, k, hits, params, explain)
+
+    def _answer(self, q: Query, k: int, hits: list[tuple[str, int]], params: dict[str, Any],
+                explain: bool) -> dict[str, Any]:
         metas = self.db.metadata_of([i for i, _ in hits])
         results = []
         for item_id, dist in hits:
