@@ -188,6 +188,29 @@ def test_orthanc_pushes_a_study_and_the_service_fetches_by_uid(tmp_path, model):
         missing = svc.search({"dicomweb": {"sop_instance_uid": "1.2.3.4.5.6.7"}})
         assert missing.status_code == 404 and "no instance" in missing.json()["detail"]
         assert PATIENT_NAME not in got.text + direct.text
+        # Key Object Selection documents of the top-k, sent back to Orthanc over STOW-RS (highdicom)
+        assert svc.search({"id": uids[0], "kos": True}).status_code == 400          # no destination yet
+        from medhash_sdk.serve.dicomweb import Destination
+        svc.service.kos_destination = Destination(pacs.dicomweb)
+        r = svc.search({"id": uids[0], "k": 4, "kos": True})
+        assert r.status_code == 200, r.text
+        kos = r.json()["kos"]
+        top = [m["id"] for m in r.json()["results"]]
+        assert sorted(x for d in kos["sent"] for x in d["references"]) == sorted(top) and not kos["skipped"]
+        by_uid = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID: pydicom.dcmread(f, stop_before_pixels=True)
+                  for f in files}
+        for d in kos["sent"]:
+            found = pacs.http.post("/tools/find", json={"Level": "Instance", "Query": {"SOPInstanceUID": d["sop_instance_uid"]}}).json()
+            assert len(found) == 1
+            tags = pacs.http.get(f"/instances/{found[0]}/tags", params={"simplify": ""}).json()
+            assert tags["Modality"] == "KO" and tags["StudyInstanceUID"] == d["study_uid"]
+            refs = [x["ReferencedSOPInstanceUID"] for st in tags["CurrentRequestedProcedureEvidenceSequence"]
+                    for se in st["ReferencedSeriesSequence"] for x in se["ReferencedSOPSequence"]]
+            assert sorted(refs) == sorted(d["references"])
+            original = by_uid[d["references"][0]]
+            assert tags["PatientID"] == original.PatientID                  # filed under the right patient
+            assert tags["ConceptNameCodeSequence"][0]["CodeMeaning"] == "Of Interest"
+        assert PATIENT_NAME not in r.text and BIRTH_DATE not in r.text
     finally:
         pacs.stop()
         scp.close()

@@ -54,6 +54,8 @@ class SearchFilters(BaseModel):
     study_date_to: Optional[str] = Field(None, description="keep items with a study date on or before (YYYY-MM-DD)")
     exclude_same_patient: bool = Field(False, description="skip items of the query's patient (salted hash)")
     exclude_self: bool = Field(True, description="by id: leave the query item out of its results")
+    kos: bool = Field(False, description="also send the matches as Key Object Selection documents to the "
+                                         "configured STOW-RS destination (--kos-stow-url)")
     patient_id: Optional[str] = Field(None, description="the query's patient id, for exclude_same_patient "
                                                          "(hashed, never stored)")
 
@@ -112,7 +114,8 @@ _SEARCH_BODY = {
             "study_date_from": {"type": "string", "format": "date"},
             "study_date_to": {"type": "string", "format": "date"},
             "exclude_same_patient": {"type": "boolean"},
-            "patient_id": {"type": "string"}}}},
+            "patient_id": {"type": "string"},
+            "kos": {"type": "boolean", "description": "send Key Object Selection documents (--kos-stow-url)"}}}},
         "application/json": {"schema": {"$ref": "#/components/schemas/SearchById"}}}}}
 
 _ITEM_BODY = {
@@ -319,6 +322,8 @@ def create_app(service: Service) -> FastAPI:
         else:
             raise BadInput("send multipart/form-data with a 'file' part, or JSON {\"id\": ...}", 415)
         _audit(request, returned=[r["id"] for r in out["results"]])
+        if "kos" in out:
+            _audit(request, kos=[d["sop_instance_uid"] for d in out["kos"]["sent"]])
         return JSONResponse(out)
 
     def _search_item(item_id: str, params: dict[str, Any], explain: bool) -> dict[str, Any]:
@@ -382,7 +387,7 @@ def _form_params(raw: dict[str, str]) -> dict[str, Any]:
     for name in ("study_date_from", "study_date_to", "patient_id"):
         if raw.get(name, "").strip():
             p[name] = raw[name].strip()
-    for name in ("exclude_same_patient",):
+    for name in ("exclude_same_patient", "kos"):
         v = raw.get(name, "").strip().lower()
         if v:
             if v not in ("true", "false", "1", "0", "on", "off", "yes", "no"):
@@ -491,7 +496,8 @@ class Gate:
         self.service.audit.write({"token": tok.name if tok else None, "role": tok.role if tok else None,
                                   "client": client[0] if client else None, "method": method, "route": template,
                                   "status": status, "ms": round(seconds * 1e3, 2),
-                                  "query": audit.get("query", []), "returned": audit.get("returned", [])})
+                                  "query": audit.get("query", []), "returned": audit.get("returned", []),
+                                  **{k: v for k, v in audit.items() if k not in ("query", "returned")}})
 
 
 async def _refuse(send: Any, status: int, detail: str) -> None:

@@ -162,5 +162,100 @@ def _with_timeout(request: Any, timeout: float) -> Any:
     return call
 
 
-def send_kos(service: Any, q: Any, results: list[dict[str, Any]]) -> dict[str, Any]:  # pragma: no cover
-    raise NotImplementedError
+# Study-level attributes a KOS document copies from its study (read from the PACS, never stored)
+_STUDY_FIELDS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+                 "StudyDate", "StudyTime", "ReferringPhysicianName", "IssuerOfPatientID")
+
+
+class Destination:
+    """Where Key Object Selection documents go: a STOW-RS root (e.g. Orthanc's /dicom-web)."""
+
+    def __init__(self, url: str, timeout: float = 30.0):
+        from dicomweb_client.api import DICOMwebClient
+        import requests
+
+        self.url = url.rstrip("/")
+        session = requests.Session()
+        session.request = _with_timeout(session.request, timeout)  # type: ignore[method-assign]
+        self.client = DICOMwebClient(url=self.url, session=session)
+
+    def store(self, datasets: list[Any]) -> None:
+        self.client.store_instances(datasets)
+
+
+def send_kos(source: Source | None, destination: Destination | None, query: dict[str, Any],
+             results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Send the top-k as Key Object Selection documents (highdicom) to the destination.
+
+    A KOS lives in one study and references instances of that study (highdicom refuses more
+    than one other study, and a viewer shows a KOS in its study), while similar cases come from
+    many studies and patients. So each matched study gets one KOS ("Of Interest", CID 7010)
+    referencing its matched instances, with the rank and distance in its description; the
+    patient and study attributes it must carry are read from the PACS (QIDO-RS on the
+    --dicomweb-url source) at that moment and never stored here. Results that are not DICOM
+    instances (no study / series / SOP class UID in their metadata) are listed as skipped.
+    """
+    from .service import BadInput
+
+    if destination is None:
+        raise BadInput("kos: no STOW-RS destination is configured (--kos-stow-url)", 400)
+    if source is None:
+        raise BadInput("kos: the matched studies' patient module is read from the PACS: start with --dicomweb-url", 400)
+    import highdicom as hd
+    from pydicom.dataset import Dataset
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    by_study: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    skipped = []
+    for rank, r in enumerate(results, start=1):
+        md = r.get("metadata") or {}
+        if all(md.get(k) for k in ("study_uid", "series_uid", "sop_class_uid")):
+            by_study.setdefault(md["study_uid"], []).append((rank, r))
+        else:
+            skipped.append(r["id"])
+    what = (f"query instance {query['sop_instance_uid']}" if query.get("sop_instance_uid")
+            else f"query item {query['id']}" if query.get("id") else "an uploaded query image")
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.cid270.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=generate_uid(), name="medhash similar-case search"))
+    sent = []
+    for study_uid, matches in by_study.items():
+        try:
+            found = source.client.search_for_studies(search_filters={"StudyInstanceUID": study_uid},
+                                                     fields=list(_STUDY_FIELDS))
+        except Exception as e:  # noqa: BLE001
+            raise BadInput(f"kos: the PACS could not describe study {study_uid} ({type(e).__name__})", 502) from None
+        if not found:
+            skipped += [r["id"] for _, r in matches]
+            continue
+        study = Dataset.from_json(found[0])
+        evidence = []
+        for _, r in matches:
+            md = r["metadata"]
+            ds = Dataset()
+            for name in _STUDY_FIELDS:
+                if name in study:
+                    ds[name] = study[name]
+                elif name != "IssuerOfPatientID":
+                    setattr(ds, name, "")       # type 2 in the KOS: present, may be empty
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, md["series_uid"]
+            ds.SOPInstanceUID, ds.SOPClassUID = r["id"], md["sop_class_uid"]
+            evidence.append(ds)
+        ranks = ", ".join(f"#{rank} distance {r['distance']}" for rank, r in matches)
+        content = hd.ko.KeyObjectSelection(
+            document_title=codes.DCM.OfInterest, referenced_objects=evidence, observer_device_context=observer,
+            description=f"medhash: similar to {what} ({ranks})"[:1024])
+        doc = hd.ko.KeyObjectSelectionDocument(
+            evidence=evidence, content=content, series_instance_uid=generate_uid(), series_number=9001,
+            sop_instance_uid=generate_uid(), instance_number=1, manufacturer="medhash-sdk",
+            institution_name=None)
+        try:
+            destination.store([doc])
+        except Exception as e:  # noqa: BLE001
+            raise BadInput(f"kos: STOW-RS to {destination.url} failed ({type(e).__name__}: {str(e)[:200]})",
+                           502) from None
+        sent.append({"study_uid": study_uid, "sop_instance_uid": str(doc.SOPInstanceUID),
+                     "references": [r["id"] for _, r in matches]})
+    return {"sent": sent, "skipped": skipped}

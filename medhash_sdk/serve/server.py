@@ -52,10 +52,9 @@ def run(settings: Settings, *, log_level: str = "info", ready_file: str | None =
 def _announce(path: str, server: Any, scp: Any) -> None:
     """Write the bound ports to `path` once uvicorn listens (for tests and scripts with port 0)."""
     import json
+    import os
     import threading
     import time
-
-    from .._atomic import atomic_write
 
     def wait() -> None:
         while not server.started:
@@ -63,7 +62,9 @@ def _announce(path: str, server: Any, scp: Any) -> None:
                 return
             time.sleep(0.02)
         ports = [s.getsockname()[1] for srv in server.servers for s in srv.sockets]
-        atomic_write(path, json.dumps({"http": ports[0] if ports else None,
-                                       "dicom": scp.port if scp is not None else None}).encode())
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:   # written whole, then renamed: a reader never sees half of it
+            json.dump({"http": ports[0] if ports else None, "dicom": scp.port if scp is not None else None}, f)
+        os.replace(tmp, path)
 
     threading.Thread(target=wait, daemon=True).start()

@@ -185,10 +185,15 @@ class Service:
         self._snapper = threading.Thread(target=self._snapshot_loop, name="medhash-snapshots", daemon=True)
         self._snapper.start()
         self.dicomweb: Any = None
+        self.kos_destination: Any = None
         if settings.dicomweb_url:
             from .dicomweb import Source
 
             self.dicomweb = Source(settings.dicomweb_url)
+        if settings.kos_stow_url:
+            from .dicomweb import Destination
+
+            self.kos_destination = Destination(settings.kos_stow_url)
 
     # ------------------------------------------------------------ state
     @property
@@ -393,9 +398,11 @@ class Service:
         q.source = "dicomweb"
         return q
 
-    @staticmethod
-    def parse_search(params: dict[str, Any]) -> tuple[int, Filters]:
+    def parse_search(self, params: dict[str, Any]) -> tuple[int, Filters]:
         """k and the metadata filters of a search request (BadInput if wrong); checked before any work."""
+        if params.get("kos") and (self.kos_destination is None or self.dicomweb is None):
+            raise BadInput("kos needs a STOW-RS destination (--kos-stow-url) and the PACS to read the matched "
+                           "studies from (--dicomweb-url)", 400)
         k = params.get("k", 10)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise BadInput(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
@@ -463,9 +470,8 @@ class Service:
         return out
 
     def send_kos(self, q: Query, results: list[dict[str, Any]]) -> dict[str, Any]:
-        if not self.settings.kos_stow_url:
-            raise BadInput("kos: no STOW-RS destination is configured (--kos-stow-url)", 400)
         from .dicomweb import send_kos
 
-        return send_kos(self, q, results)
+        query = {"sop_instance_uid": q.dicom.get("sop_instance_uid"), "id": q.item_id}
+        return send_kos(self.dicomweb, self.kos_destination, query, results)
 
