@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from typing import Any
 
@@ -41,12 +42,20 @@ def run(settings: Settings, *, log_level: str = "info", ready_file: str | None =
                  service.fingerprint[:12], scheme, settings.host, settings.port, settings.data_dir)
         if ready_file:
             _announce(ready_file, server, scp)
+        # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the handler
+        # it found installed; the default one would end the process before the finally below
+        # (snapshot, closing the database and the audit log). Ours lets it return.
+        signal.signal(signal.SIGTERM, _stopped)
         server.run()
     finally:
         if scp is not None:
             scp.close()
         service.close()
     return 0
+
+
+def _stopped(signum: int, frame: Any) -> None:
+    """SIGTERM after uvicorn's graceful shutdown: nothing left to do but return."""
 
 
 def _announce(path: str, server: Any, scp: Any) -> None:

@@ -1,6 +1,8 @@
-"""Nothing acknowledged is lost: kill -9 `medhash serve` while 32 clients add items, restart it,
-and check every acknowledged item is there once and searches equal a fresh Index built from
-the database. The server is a real process (`python -m medhash_sdk serve`)."""
+"""`medhash serve` as a real process (`python -m medhash_sdk serve`).
+
+Nothing acknowledged is lost: kill -9 it while 32 clients add items, restart it, and check every
+acknowledged item is there once and searches equal a fresh Index built from the database.
+HTTPS with a certificate, a clean stop on SIGTERM, and the command's errors."""
 from __future__ import annotations
 
 import json
@@ -120,3 +122,55 @@ def test_kill_9_while_32_clients_add(tmp_path, model):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
+
+
+def test_tls_and_command_line_errors(tmp_path, model, other_model):
+    """HTTPS with --tls-cert/--tls-key (a self-signed certificate made with openssl), and the
+    command's one-line errors: exit 2 for bad arguments, 1 for a folder of another model."""
+    import shutil
+
+    from _serve import need
+    need(shutil.which("openssl") is not None, "openssl is not installed (apt-get install openssl)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=60)
+    folder = tmp_path / "data"
+    tok = make_data_dir(folder)
+    ready = tmp_path / "tls.json"
+    proc = subprocess.Popen([sys.executable, "-m", "medhash_sdk", "serve", "--data-dir", str(folder), "--model",
+                             str(model), "--port", "0", "--ready-file", str(ready), "--tls-cert", str(cert),
+                             "--tls-key", str(key), "--providers", "cpu"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: ready.exists() or proc.poll() is not None, 120, "the TLS server to listen")
+        port = json.loads(ready.read_text())["http"]
+        import ssl
+        with httpx.Client(verify=ssl.create_default_context(cafile=str(cert)), timeout=30) as h:
+            assert h.get(f"https://127.0.0.1:{port}/healthz").json() == {"status": "ok"}
+            r = h.get(f"https://127.0.0.1:{port}/readyz", headers={"Authorization": f"Bearer {tok['read']}"})
+            assert r.status_code == 200 and r.json()["items"] == 0
+            r = h.post(f"https://127.0.0.1:{port}/v1/items", files={"file": ("x.png", NIH_PNGS[0].read_bytes())},
+                       headers={"Authorization": f"Bearer {tok['write']}"})
+            assert r.status_code == 201
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)       # no plain HTTP on that port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    assert proc.returncode == 0                                             # a clean stop ...
+    assert [p.name for p in (folder / "snapshots").glob("*.mhi")] == ["index-1-0.mhi"]   # ... with a snapshot
+
+    def medhash(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "medhash_sdk", *args], capture_output=True, text=True,
+                              timeout=120, cwd=ROOT)
+
+    for args in (["--tls-cert", str(cert)], ["--port", "70000"], ["--ae-title", "A" * 17],
+                 ["--max-upload-mb", "0"], ["--tls-cert", str(cert), "--tls-key", str(tmp_path / "none.pem")]):
+        out = medhash("serve", "--data-dir", str(folder), "--model", str(model), *args)
+        last = out.stderr.strip().splitlines()[-1]
+        assert out.returncode in (1, 2) and last.startswith(("medhash serve: error:", "usage:", "medhash: error")) \
+            or "error:" in last, (args, out.stderr)
+        assert out.returncode == (1 if "none.pem" in " ".join(args) else 2), (args, out.stderr)
+    out = medhash("serve", "--data-dir", str(folder), "--model", str(other_model), "--port", "0")
+    assert out.returncode == 1 and "holds codes of model" in out.stderr.strip().splitlines()[-1]
