@@ -31,7 +31,7 @@ def browser(binary: str, driver: str):
     opts.binary_location = binary
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", "--disable-extensions", "--window-size=1280,900", f"--user-data-dir={profile}"):
+                "--no-first-run", "--disable-extensions", "--window-size=1280,1010", f"--user-data-dir={profile}"):
         opts.add_argument(arg)
     drv = webdriver.Chrome(service=DriverService(executable_path=driver), options=opts)
     return drv, profile
