@@ -29,6 +29,8 @@ COMMANDS = {
     "search": "search",
     "engine": "engine",
     "eval": "eval",
+    "serve": "serve",
+    "token": "token",
 }
 
 
