@@ -13,7 +13,7 @@
 
 The server is a separate process (`python -m medhash_sdk serve`); the load comes from another
 process (asyncio + uvloop + httptools, keep-alive connections), so neither's Python competes
-with the other's GIL. Writes the table to benchmarks/results/serve/bench_serve.md.
+with the other's GIL. Writes the table to benchmarks/results/bench_serve.md (benchmarks/_report.py).
 """
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ import json
 import multiprocessing as mp
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -33,10 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
+from _report import recorded
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DATA = Path(os.environ.get("MEDHASH_DATA") or ROOT.parent / "shared" / "data")
-OUT = ROOT / "benchmarks" / "results" / "serve"
 
 
 # ------------------------------------------------------------------ the load generator (own process)
@@ -244,7 +244,6 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--limit-s", type=float, default=300, help="time limit of one load run")
     ap.add_argument("--only-by-id", action="store_true", help="only part 3 (prints, writes no table)")
-    ap.add_argument("--out", default=str(OUT / "bench_serve.md"))
     args = ap.parse_args()
 
     from medhash_sdk import Encoder
@@ -295,7 +294,6 @@ def main() -> int:
     by_id, start_s, fill_s = by_id_run(args, tmp, enc, model)
 
     # ---------------------------------------------------------- table
-    cmd = "python benchmarks/bench_serve.py " + " ".join(sys.argv[1:])
     ratio = up_rate / enc_rate
     rows = [
         ("Encoder from files (Encoder.encode, batch 64), same run", f"{enc_rate:.1f} images/s "
@@ -314,16 +312,13 @@ def main() -> int:
          f"(writing them: {fill_s:.1f} s)"),
     ]
     load_avg = os.getloadavg()
-    text = [f"# bench_serve ({datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')})", "",
-            f"Command: `{cmd}`", "",
-            f"Machine: {os.cpu_count()} CPUs, load average at the end {load_avg[0]:.1f} / {load_avg[1]:.1f} / "
-            f"{load_avg[2]:.1f} (1 / 5 / 15 min); model {Path(model).name} ({enc.fingerprint[:12]}), ORT CPU; "
-            "server and load generator are separate processes on 127.0.0.1.", "",
-            "| measure | result |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(text) + "\n")
-    print("\n".join(text))
+    with recorded("bench_serve"):
+        print(f"Load average at the end {load_avg[0]:.1f} / {load_avg[1]:.1f} / {load_avg[2]:.1f} (1 / 5 / 15 min); "
+              f"model {Path(model).name} ({enc.fingerprint[:12]}), ORT CPU; server and load generator are "
+              "separate processes on 127.0.0.1.\n")
+        print("| measure | result |\n|---|---|")
+        for a, b in rows:
+            print(f"| {a} | {b} |")
     return 0
 
 

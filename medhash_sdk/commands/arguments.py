@@ -34,6 +34,13 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _int_between(text: str, low: int, high: int) -> int:
+    value = _int(text, low)
+    if value > high:
+        raise ValueError(f"expected an integer from {low} to {high}, got {text!r}")
+    return value
+
+
 #: An integer >= 1 (batch sizes, k, workers, shard sizes).
 positive_int = int_at_least(1)
 positive_int.__name__ = "positive integer"
@@ -41,6 +48,24 @@ positive_int.__name__ = "positive integer"
 #: An integer >= 0.
 non_negative_int = int_at_least(0)
 non_negative_int.__name__ = "non-negative integer"
+
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+#: A finite number > 0 (sizes in MiB, intervals in seconds).
+positive_number = _as_argparse(_positive_number)
+positive_number.__name__ = "positive number"
+
+#: A TCP port, 0-65535 (0: any free port).
+port = _as_argparse(lambda text: _int_between(text, 0, 65535))
+port.__name__ = "port"
 
 #: Three fractions like 0.7,0.1,0.2 (train, val, test), summing to 1.
 fractions = _as_argparse(lambda text: check_fractions("the fractions", text.split(",")))

@@ -5,38 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 
-
-def _positive(name: str, kind: type = int) -> object:
-    def parse(s: str) -> object:
-        try:
-            v = kind(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {s!r}") from None
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {s}")
-        return v
-    return parse
-
-
-def _port(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a port is a number, got {s!r}") from None
-    if not 0 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is 0-65535, got {v}")
-    return v
+from .arguments import port, positive_int, positive_number, providers
 
 
 def _ae_title(s: str) -> str:
     if not 1 <= len(s) <= 16 or not s.isascii() or "\\" in s or not s.strip():
         raise argparse.ArgumentTypeError(f"an AE title is 1-16 ASCII characters without '\\', got {s!r}")
     return s
-
-
-def _providers(text: str) -> str | list[str]:
-    """'auto', 'cpu', 'cuda', 'tensorrt', or a comma-separated list of ONNX Runtime provider names."""
-    return [p.strip() for p in text.split(",") if p.strip()] if "," in text else text.strip()
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,24 +23,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", required=True, help="folder of the database, snapshots and audit log (created if new)")
     p.add_argument("--model", default=None, help="model file (.onnx or .engine); default: the bundled model")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=_port, default=8080, help="HTTP(S) port (default 8080)")
-    p.add_argument("--dicom-port", type=_port, default=None,
+    p.add_argument("--port", type=port, default=8080, help="HTTP(S) port (default 8080)")
+    p.add_argument("--dicom-port", type=port, default=None,
                    help="run a DICOM C-STORE SCP on this port (off unless given; 11112 is usual)")
     p.add_argument("--ae-title", type=_ae_title, default="MEDHASH", help="the SCP's AE title (default MEDHASH)")
     p.add_argument("--dicom-allow", default=None, metavar="AE[,AE...]",
                    help="accept associations only from these calling AE titles")
     p.add_argument("--tls-cert", default=None, help="PEM certificate: serve HTTPS (with --tls-key)")
     p.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
-    p.add_argument("--max-upload-mb", type=_positive("--max-upload-mb", float), default=64.0,
+    p.add_argument("--max-upload-mb", type=positive_number, default=64.0,
                    help="largest request body in MiB (default 64)")
-    p.add_argument("--max-pixels", type=_positive("--max-pixels"), default=None,
+    p.add_argument("--max-pixels", type=positive_int, default=None,
                    help="largest image in pixels (default: the Encoder's, 8192 x 8192)")
     p.add_argument("--dicomweb-url", default=None,
                    help="a PACS's DICOMweb root for searches by UID (WADO-RS/QIDO-RS), e.g. http://pacs:8042/dicom-web")
     p.add_argument("--kos-stow-url", default=None,
                    help="send Key Object Selection documents of search results here (STOW-RS root); "
                         "needs --dicomweb-url to read the matched studies' patient module")
-    p.add_argument("--snapshot-interval", type=_positive("--snapshot-interval", float), default=300.0,
+    p.add_argument("--snapshot-interval", type=positive_number, default=300.0,
                    help="seconds between index snapshots while items change (default 300)")
     p.add_argument("--providers", default="auto", help="ONNX Runtime providers (default auto)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -92,5 +67,5 @@ def run(args: argparse.Namespace) -> int:
         dicom_allow=[a.strip() for a in args.dicom_allow.split(",") if a.strip()] if args.dicom_allow else None,
         tls_cert=args.tls_cert, tls_key=args.tls_key, max_upload=int(args.max_upload_mb * (1 << 20)),
         max_pixels=args.max_pixels or MAX_PIXELS, dicomweb_url=args.dicomweb_url, kos_stow_url=args.kos_stow_url,
-        snapshot_interval=args.snapshot_interval, providers=_providers(args.providers))
+        snapshot_interval=args.snapshot_interval, providers=providers(args.providers))
     return serve(settings, log_level=args.log_level, ready_file=args.ready_file)
