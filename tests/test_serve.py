@@ -103,9 +103,7 @@ def test_token_cli_prints_once_and_stores_only_a_hash(tmp_path):
         ("pacs", "write", hashlib.sha256(token.encode()).hexdigest())]
     con.close()
     assert main(["token", "create", "--data-dir", str(folder), "--role", "read", "--name", "pacs"]) == 2  # taken
-    with pytest.raises(SystemExit) as e:
-        main(["token", "create", "--data-dir", str(folder), "--role", "admin"])
-    assert e.value.code == 2
+    assert main(["token", "create", "--data-dir", str(folder), "--role", "admin"]) == 2    # bad argument
     assert main(["token", "revoke", "--data-dir", str(folder), "--name", "nobody"]) == 1
 
 

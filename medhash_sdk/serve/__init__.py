@@ -2,6 +2,7 @@
 
 Layers (each module imports only those above it in this list, plus the runtime):
 
+    groups    take what waits on a queue as one group (writer, encoder, scanner share it)
     db        SQLite data folder: items (the source of truth), images, tokens, meta
     tokens    bearer tokens: created once, stored as SHA-256, roles read / write
     catalog   the in-memory Index plus the filter columns, rebuilt from the database

@@ -290,7 +290,7 @@ def create_app(service: Service) -> FastAPI:
             try:
                 body = SearchById.model_validate_json(await request.body())
             except ValueError as e:
-                raise RequestValidationError(getattr(e, "errors", lambda: [{"msg": str(e)}])()) from None
+                raise RequestValidationError(e.errors() if hasattr(e, "errors") else [{"msg": str(e)}]) from None
             params = body.model_dump()
             service.parse_search(params)
             if (body.id is None) == (body.dicomweb is None):

@@ -29,6 +29,7 @@ from .._rwlock import RWLock
 from ..exceptions import IndexFileError
 from ..index import Index
 from .db import Database
+from .groups import take_group
 
 log = logging.getLogger("medhash.serve")
 
@@ -318,20 +319,7 @@ class Scanner:
 
     def _loop(self) -> None:
         while True:
-            first = self._q.get()
-            if first is None:
-                return
-            jobs = [first]
-            stop = False
-            while len(jobs) < self.max_batch:
-                try:
-                    nxt = self._q.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                jobs.append(nxt)
+            jobs, stop = take_group(self._q, self.max_batch)
             plain = [j for j in jobs if Catalog.plain(j[2])]
             if self.on_scan is not None:
                 for size in ([len(plain)] if plain else []) + [1] * (len(jobs) - len(plain)):

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..exceptions import MedhashError
 from ..readers import Image, read_bytes
+from .groups import take_group
 
 log = logging.getLogger("medhash.serve")
 
@@ -59,20 +60,9 @@ class BatchAnalyzer:
         import time
 
         while True:
-            first = self._q.get()
-            if first is None:
+            batch, stop = take_group(self._q, self.max_batch)
+            if not batch:
                 return
-            batch = [first]
-            stop = False
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = self._q.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
             t0 = time.perf_counter()
             self._run(batch)
             if self.on_batch is not None:

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from .catalog import Catalog
 from .db import Database
+from .groups import take_group
 
 log = logging.getLogger("medhash.serve")
 
@@ -95,20 +96,9 @@ class Writer:
     # ------------------------------------------------------------ the writer thread
     def _loop(self) -> None:
         while True:
-            op = self._q.get()
-            if op is None:
+            ops, stop = take_group(self._q, self.max_group)
+            if not ops:
                 return
-            ops = [op]
-            stop = False
-            while len(ops) < self.max_group:
-                try:
-                    nxt = self._q.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                ops.append(nxt)
             self._commit(ops)
             if stop:
                 return
