@@ -13,6 +13,7 @@ Layers (each module imports only those above it in this list, plus the runtime):
     audit     the append-only JSON-lines audit log
     metrics   Prometheus metrics
     service   the operations (add, get, delete, search) that the routes and the SCP share
+    forms     multipart/form-data uploads parsed in the worker thread
     app       the FastAPI application (routes, auth, errors, the viewer page)
     server    start-up: data folder, model, SCP, uvicorn
 

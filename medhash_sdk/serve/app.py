@@ -30,9 +30,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 
 from .. import __version__
+from .forms import Form, parse_form
 from .service import MAX_K, BadInput, Service
 from .tokens import Token
 
@@ -210,27 +210,33 @@ def create_app(service: Service) -> FastAPI:
         return JSONResponse(schema())
 
     # -------------------------------------------------------------- items
-    async def _form_item(request: Request) -> tuple[bytes, str, dict[str, Any]]:
-        ctype = request.headers.get("content-type", "")
-        if not ctype.startswith("multipart/form-data"):
+    def _file_form(request: Request, body: bytes, what: str) -> Form:
+        """The form of an upload (parsed in the worker thread: forms.py says why)."""
+        form = parse_form(body, request.headers.get("content-type", ""))
+        if form.filename is None:
+            raise BadInput(f"the multipart field 'file' ({what}) is missing")
+        return form
+
+    async def _multipart_body(request: Request) -> bytes:
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise BadInput("send multipart/form-data with a 'file' part", 415)
-        form = await request.form(max_files=1, max_fields=16)
-        f = form.get("file")
-        if not isinstance(f, UploadFile):
-            raise BadInput("the multipart field 'file' (an image file) is missing")
-        data = await f.read()
-        fields = {k: v for k, v in form.items() if isinstance(v, str)}
-        return data, f.filename or "", fields
+        return await request.body()
 
     async def _store(request: Request, item_id: Optional[str], replace: bool) -> JSONResponse:
-        data, filename, fields = await _form_item(request)
-        if item_id is None:
-            item_id = fields.get("id") or None
-        elif fields.get("id") not in (None, "", item_id):
-            raise BadInput("the 'id' field differs from the id in the path")
-        _audit(request, query=[item_id] if item_id else [filename])
-        new_id, outcome = await run_in_threadpool(service.add, data, filename, item_id, fields.get("metadata"),
-                                                  fields.get("patient_id") or None, replace)
+        body = await _multipart_body(request)
+
+        def store() -> tuple[str, str]:
+            form = _file_form(request, body, "an image file")
+            fields, wanted = form.fields, item_id
+            if wanted is None:
+                wanted = fields.get("id") or None
+            elif fields.get("id") not in (None, "", wanted):
+                raise BadInput("the 'id' field differs from the id in the path")
+            _audit(request, query=[wanted] if wanted else [form.filename])
+            return service.add(form.data, form.filename or "", wanted, fields.get("metadata"),
+                               fields.get("patient_id") or None, replace)
+
+        new_id, outcome = await run_in_threadpool(store)
         _audit(request, query=[new_id])
         return JSONResponse({"id": new_id, "outcome": outcome}, status_code=200 if outcome == "replaced" else 201)
 
@@ -307,16 +313,7 @@ def create_app(service: Service) -> FastAPI:
                 _audit(request, query=[body.dicomweb.sop_instance_uid])
                 out = await run_in_threadpool(_search_dicomweb, body.dicomweb.model_dump(), params, explain)
         elif ctype.startswith("multipart/form-data"):
-            form = await request.form(max_files=1, max_fields=16)
-            f = form.get("file")
-            if not isinstance(f, UploadFile):
-                raise BadInput("the multipart field 'file' (the query image) is missing")
-            raw = {k: v for k, v in form.items() if isinstance(v, str)}
-            params = _form_params(raw)
-            service.parse_search(params)
-            data = await f.read()
-            _audit(request, query=[f.filename or "upload"])
-            out = await run_in_threadpool(_search_upload, data, f.filename or "", params, explain)
+            out = await run_in_threadpool(_search_upload, request, await request.body(), explain)
             if out["query"].get("sop_instance_uid"):
                 _audit(request, query=[out["query"]["sop_instance_uid"]])
         else:
@@ -332,9 +329,13 @@ def create_app(service: Service) -> FastAPI:
     def _search_dicomweb(ref: dict[str, Any], params: dict[str, Any], explain: bool) -> dict[str, Any]:
         return service.search(service.query_from_dicomweb(ref, params.get("patient_id"), explain), params, explain)
 
-    def _search_upload(data: bytes, filename: str, params: dict[str, Any], explain: bool) -> dict[str, Any]:
-        return service.search(service.query_from_upload(data, filename, params.get("patient_id"), explain),
-                              params, explain)
+    def _search_upload(request: Request, body: bytes, explain: bool) -> dict[str, Any]:
+        form = _file_form(request, body, "the query image")
+        params = _form_params(form.fields)
+        service.parse_search(params)
+        _audit(request, query=[form.filename or "upload"])
+        return service.search(service.query_from_upload(form.data, form.filename or "", params.get("patient_id"),
+                                                        explain), params, explain)
 
     # -------------------------------------------------------------- STOW-RS
     @app.post("/v1/dicomweb/studies", tags=["dicomweb"], responses=ERRORS,
