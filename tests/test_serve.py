@@ -186,6 +186,12 @@ def test_bad_input_is_4xx_with_one_line_never_500(tmp_path, model):
             (s.client.post("/v1/items", files={"file": ("x.png", b"\0" * (2 << 20))}, headers=s.w), 413, "over the limit"),
             (s.client.post("/v1/items", files={"id": (None, "a")}, headers=s.w), 422, "'file'"),
             (s.client.post("/v1/items", content=png, headers={**s.w, "Content-Type": "image/png"}), 415, "multipart"),
+            (s.client.post("/v1/items", content=b"garbage", headers={**s.w, "Content-Type": "multipart/form-data"}),
+             400, "boundary"),
+            (s.client.post("/v1/items", content=b"--b\r\nno headers end", headers={
+                **s.w, "Content-Type": "multipart/form-data; boundary=b"}), 400, "malformed"),
+            (s.client.post("/v1/search", files=[("file", ("a.png", png)), ("file", ("b.png", png))], headers=s.r),
+             400, "one file"),
             (s.client.post("/v1/items", files={"file": ("x.png", png)}, data={"metadata": "{oops"}, headers=s.w), 422, "JSON"),
             (s.client.post("/v1/items", files={"file": ("x.png", png)}, data={"metadata": "[1]"}, headers=s.w), 422, "object"),
             (s.client.post("/v1/items", files={"file": ("x.png", png)}, data={"id": "a/b"}, headers=s.w), 422, "not allowed"),
