@@ -1,5 +1,5 @@
 // Exact Hamming search over packed binary codes: distance kernels specialised per code size
-// (8, 16, 32 bytes, generic) and per instruction set, chosen at run time, and the driver that
+// (8, 16, 32, 64 bytes, generic) and per instruction set, chosen at run time, and the driver that
 // splits work across query blocks (batches) or row ranges (single queries) and threads.
 //
 // Instruction sets: the build uses portable flags; each SIMD kernel carries its own
@@ -133,31 +133,32 @@ MH_AVX2 static inline __m256i popcount_xor64(__m256i a, __m256i b) {
     return _mm256_sad_epu8(popcount_bytes(_mm256_xor_si256(a, b)), _mm256_setzero_si256());
 }
 
-// Distances of 4 consecutive rows (NB bytes each) as 4 uint64 lanes in row order.
+MH_AVX2 static inline __m256i load(const uint8_t* p) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+}
+
+// The query as the kernels of its size read it: lo alone up to 32 bytes (broadcast to the
+// register), lo and hi (its two halves) for 64 bytes.
+struct Query {
+    __m256i lo, hi;
+};
+
 template <int NB>
-MH_AVX2 static inline __m256i dist4(const uint8_t* p, __m256i q);
-
-template <>
-MH_AVX2 inline __m256i dist4<8>(const uint8_t* p, __m256i q) {
-    return popcount_xor64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), q);
+MH_AVX2 static inline Query broadcast_query(const uint8_t* q) {
+    Query r;
+    if constexpr (NB == 8) {
+        r.lo = _mm256_set1_epi64x(static_cast<long long>(load_u64(q)));
+    } else if constexpr (NB == 16) {
+        r.lo = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
+    } else {
+        r.lo = load(q);
+    }
+    r.hi = NB == 64 ? load(q + 32) : r.lo;
+    return r;
 }
 
-template <>
-MH_AVX2 inline __m256i dist4<16>(const uint8_t* p, __m256i q) {
-    // s0 = [r0a r0b r1a r1b], s1 = [r2a r2b r3a r3b] (a, b: the two 64-bit halves)
-    const __m256i s0 = popcount_xor64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), q);
-    const __m256i s1 = popcount_xor64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32)), q);
-    const __m256i s = _mm256_add_epi64(_mm256_unpacklo_epi64(s0, s1), _mm256_unpackhi_epi64(s0, s1));
-    // s = [r0 r2 r1 r3]
-    return _mm256_permute4x64_epi64(s, _MM_SHUFFLE(3, 1, 2, 0));
-}
-
-template <>
-MH_AVX2 inline __m256i dist4<32>(const uint8_t* p, __m256i q) {
-    const __m256i s0 = popcount_xor64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), q);
-    const __m256i s1 = popcount_xor64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32)), q);
-    const __m256i s2 = popcount_xor64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64)), q);
-    const __m256i s3 = popcount_xor64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 96)), q);
+// Four vectors of per-word distances, one row each, to the four rows' distances in row order.
+MH_AVX2 static inline __m256i sum_rows4(__m256i s0, __m256i s1, __m256i s2, __m256i s3) {
     // a01 = [r0 w0+w1, r1 w0+w1, r0 w2+w3, r1 w2+w3], same for a23 with rows 2, 3
     const __m256i a01 = _mm256_add_epi64(_mm256_unpacklo_epi64(s0, s1), _mm256_unpackhi_epi64(s0, s1));
     const __m256i a23 = _mm256_add_epi64(_mm256_unpacklo_epi64(s2, s3), _mm256_unpackhi_epi64(s2, s3));
@@ -165,21 +166,36 @@ MH_AVX2 inline __m256i dist4<32>(const uint8_t* p, __m256i q) {
                             _mm256_permute2x128_si256(a01, a23, 0x31));
 }
 
+// Distances of 4 consecutive rows (NB bytes each) as 4 uint64 lanes in row order.
 template <int NB>
-MH_AVX2 static inline __m256i broadcast_query(const uint8_t* q) {
+MH_AVX2 static inline __m256i dist4(const uint8_t* p, const Query& q) {
     if constexpr (NB == 8) {
-        return _mm256_set1_epi64x(static_cast<long long>(load_u64(q)));
+        return popcount_xor64(load(p), q.lo);
     } else if constexpr (NB == 16) {
-        return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
+        // s0 = [r0a r0b r1a r1b], s1 = [r2a r2b r3a r3b] (a, b: the two 64-bit halves)
+        const __m256i s0 = popcount_xor64(load(p), q.lo);
+        const __m256i s1 = popcount_xor64(load(p + 32), q.lo);
+        const __m256i s = _mm256_add_epi64(_mm256_unpacklo_epi64(s0, s1), _mm256_unpackhi_epi64(s0, s1));
+        // s = [r0 r2 r1 r3]
+        return _mm256_permute4x64_epi64(s, _MM_SHUFFLE(3, 1, 2, 0));
+    } else if constexpr (NB == 32) {
+        return sum_rows4(popcount_xor64(load(p), q.lo), popcount_xor64(load(p + 32), q.lo),
+                         popcount_xor64(load(p + 64), q.lo), popcount_xor64(load(p + 96), q.lo));
     } else {
-        return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+        static_assert(NB == 64, "AVX2 kernels exist for 8, 16, 32 and 64 bytes");
+        __m256i s[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; ++r)
+            s[r] = _mm256_add_epi64(popcount_xor64(load(p + 64 * r), q.lo),
+                                    popcount_xor64(load(p + 64 * r + 32), q.hi));
+        return sum_rows4(s[0], s[1], s[2], s[3]);
     }
 }
 
 template <int NB>
 MH_AVX2 static void scan(const uint8_t* codes, int64_t, int64_t begin, int64_t end,
                          const uint8_t* query, TopK& st, const uint8_t* allow) {
-    const __m256i q = broadcast_query<NB>(query);
+    const Query q = broadcast_query<NB>(query);
     int T = st.threshold();
     __m256i vT = _mm256_set1_epi64x(T);
     int64_t row = begin;
@@ -207,14 +223,14 @@ MH_AVX2 static void scan(const uint8_t* codes, int64_t, int64_t begin, int64_t e
     popcnt::scan_fixed<NB>(codes, row, end, query, st, allow);
 }
 
-static ScanFn select(int64_t nbytes) {
-    switch (nbytes) {
-        case 8: return scan<8>;
-        case 16: return scan<16>;
-        case 32: return scan<32>;
-        default: return popcnt::select(nbytes);
+struct Kernels {
+    template <int NB>
+    MH_AVX2 static void scan(const uint8_t* c, int64_t nb, int64_t b, int64_t e, const uint8_t* q,
+                             TopK& st, const uint8_t* allow) {
+        avx2::scan<NB>(c, nb, b, e, q, st, allow);
     }
-}
+    static constexpr ScanFn generic = popcnt::Kernels::generic;
+};
 #undef MH_AVX2
 }  // namespace avx2
 
@@ -222,52 +238,64 @@ static ScanFn select(int64_t nbytes) {
 namespace avx512 {
 #define MH_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq,avx2,popcnt")))
 
-// Distances of 8 consecutive rows (NB bytes each) as 8 uint64 lanes in a fixed lane order
-// (not row order for NB > 8: the hot loop only needs their minimum); in_row_order() below
-// puts them in row order for the rare groups that hold a candidate.
-template <int NB>
-MH_AVX512 static inline __m512i dist8(const uint8_t* p, __m512i q);
-
-template <>
-MH_AVX512 inline __m512i dist8<8>(const uint8_t* p, __m512i q) {
+MH_AVX512 static inline __m512i popcnt_xor(const uint8_t* p, __m512i q) {
     return _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(p), q));
 }
 
-template <>
-MH_AVX512 inline __m512i dist8<16>(const uint8_t* p, __m512i q) {
-    // each register: 4 rows x 2 words; pair the words within 128-bit lanes
-    const __m512i s0 = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(p), q));
-    const __m512i s1 = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(p + 64), q));
-    // [r0 r4 r1 r5 r2 r6 r3 r7]
-    return _mm512_add_epi64(_mm512_unpacklo_epi64(s0, s1), _mm512_unpackhi_epi64(s0, s1));
+// Sum the two 64-bit words of each 128-bit lane pairwise across two registers:
+// lane L of the result holds [a's word sum in L, b's word sum in L].
+MH_AVX512 static inline __m512i pair_sums(__m512i a, __m512i b) {
+    return _mm512_add_epi64(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
 }
 
-template <>
-MH_AVX512 inline __m512i dist8<32>(const uint8_t* p, __m512i q) {
-    // each register: 2 rows x 4 words
-    const __m512i s0 = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(p), q));
-    const __m512i s1 = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(p + 64), q));
-    const __m512i s2 = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(p + 128), q));
-    const __m512i s3 = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(p + 192), q));
-    // a01 lanes (128-bit): [r0 h0, r2 h0], [r0 h1, r2 h1], [r1 h0, r3 h0], [r1 h1, r3 h1]
-    const __m512i a01 = _mm512_add_epi64(_mm512_unpacklo_epi64(s0, s1), _mm512_unpackhi_epi64(s0, s1));
-    const __m512i a23 = _mm512_add_epi64(_mm512_unpacklo_epi64(s2, s3), _mm512_unpackhi_epi64(s2, s3));
-    // add the two halves: lanes become [r0 r2], [r0 r2], [r1 r3], [r1 r3]
-    const __m512i b01 = _mm512_add_epi64(a01, _mm512_shuffle_i64x2(a01, a01, _MM_SHUFFLE(2, 3, 0, 1)));
-    const __m512i b23 = _mm512_add_epi64(a23, _mm512_shuffle_i64x2(a23, a23, _MM_SHUFFLE(2, 3, 0, 1)));
-    // [r0 r2 r1 r3 r4 r6 r5 r7]
-    return _mm512_shuffle_i64x2(b01, b23, _MM_SHUFFLE(2, 0, 2, 0));
+// Distances of 8 consecutive rows (NB bytes each) as 8 uint64 lanes in a fixed lane order
+// (not row order for NB = 16, 32: the hot loop only needs their minimum); in_row_order() below
+// puts them in row order for the rare groups that hold a candidate.
+template <int NB>
+MH_AVX512 static inline __m512i dist8(const uint8_t* p, __m512i q) {
+    if constexpr (NB == 8) {
+        return popcnt_xor(p, q);
+    } else if constexpr (NB == 16) {
+        // each register: 4 rows x 2 words; pair the words within 128-bit lanes
+        // -> [r0 r4 r1 r5 r2 r6 r3 r7]
+        return pair_sums(popcnt_xor(p, q), popcnt_xor(p + 64, q));
+    } else if constexpr (NB == 32) {
+        // each register: 2 rows x 4 words
+        // a01 lanes (128-bit): [r0 h0, r2 h0], [r0 h1, r2 h1], [r1 h0, r3 h0], [r1 h1, r3 h1]
+        const __m512i a01 = pair_sums(popcnt_xor(p, q), popcnt_xor(p + 64, q));
+        const __m512i a23 = pair_sums(popcnt_xor(p + 128, q), popcnt_xor(p + 192, q));
+        // add the two halves: lanes become [r0 r2], [r0 r2], [r1 r3], [r1 r3]
+        const __m512i b01 = _mm512_add_epi64(a01, _mm512_shuffle_i64x2(a01, a01, _MM_SHUFFLE(2, 3, 0, 1)));
+        const __m512i b23 = _mm512_add_epi64(a23, _mm512_shuffle_i64x2(a23, a23, _MM_SHUFFLE(2, 3, 0, 1)));
+        // [r0 r2 r1 r3 r4 r6 r5 r7]
+        return _mm512_shuffle_i64x2(b01, b23, _MM_SHUFFLE(2, 0, 2, 0));
+    } else {
+        static_assert(NB == 64, "AVX-512 kernels exist for 8, 16, 32 and 64 bytes");
+        // one row a register (8 words); a01 lane L = [r0's words of L, r1's words of L], ...
+        const __m512i a01 = pair_sums(popcnt_xor(p, q), popcnt_xor(p + 64, q));
+        const __m512i a23 = pair_sums(popcnt_xor(p + 128, q), popcnt_xor(p + 192, q));
+        const __m512i a45 = pair_sums(popcnt_xor(p + 256, q), popcnt_xor(p + 320, q));
+        const __m512i a67 = pair_sums(popcnt_xor(p + 384, q), popcnt_xor(p + 448, q));
+        // add lanes 0+1 and 2+3: c0 = [r0 r1](L0+L1), [r0 r1](L2+L3), [r2 r3](L0+L1), [r2 r3](L2+L3)
+        const __m512i c0 = _mm512_add_epi64(_mm512_shuffle_i64x2(a01, a23, _MM_SHUFFLE(2, 0, 2, 0)),
+                                            _mm512_shuffle_i64x2(a01, a23, _MM_SHUFFLE(3, 1, 3, 1)));
+        const __m512i c1 = _mm512_add_epi64(_mm512_shuffle_i64x2(a45, a67, _MM_SHUFFLE(2, 0, 2, 0)),
+                                            _mm512_shuffle_i64x2(a45, a67, _MM_SHUFFLE(3, 1, 3, 1)));
+        // and the two halves: [r0 r1 r2 r3 r4 r5 r6 r7]
+        return _mm512_add_epi64(_mm512_shuffle_i64x2(c0, c1, _MM_SHUFFLE(2, 0, 2, 0)),
+                                _mm512_shuffle_i64x2(c0, c1, _MM_SHUFFLE(3, 1, 3, 1)));
+    }
 }
 
 // dist8's lanes in row order.
 template <int NB>
 MH_AVX512 static inline __m512i in_row_order(__m512i d) {
-    if constexpr (NB == 8) {
-        return d;
-    } else if constexpr (NB == 16) {
+    if constexpr (NB == 16) {
         return _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7), d);
-    } else {
+    } else if constexpr (NB == 32) {
         return _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 2, 1, 3, 4, 6, 5, 7), d);
+    } else {
+        return d;  // 8 and 64 bytes: already in row order
     }
 }
 
@@ -277,14 +305,17 @@ MH_AVX512 static inline __m512i broadcast_query(const uint8_t* q) {
         return _mm512_set1_epi64(static_cast<long long>(load_u64(q)));
     } else if constexpr (NB == 16) {
         return _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
-    } else {
+    } else if constexpr (NB == 32) {
         return _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
+    } else {
+        return _mm512_loadu_si512(q);
     }
 }
 
-// Vectors of 8 rows tested together: 512 bytes a group at 64 bits, 32 rows otherwise.
+// Vectors of 8 rows tested together: 512 bytes a group at 64 bits, 32 rows (512 B / 1 KB) at
+// 128 and 256 bits, 16 rows (1 KB) at 512 bits.
 template <int NB>
-constexpr int kGroupVecs = NB == 8 ? 8 : 4;
+constexpr int kGroupVecs = NB == 8 ? 8 : NB == 64 ? 2 : 4;
 
 // The hot loop tests only the minimum of a group's distances against the threshold: one
 // compare and one rarely taken branch per group (per-vector mask compares and ORs cost
@@ -315,17 +346,14 @@ MH_AVX512 static void scan_rows(const uint8_t* codes, int64_t begin, int64_t end
             for (int l = 0; l < G * NB / 64; ++l)
                 _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetchBytes + 64 * l, _MM_HINT_T0);
         }
-        __m512i d[U];
+        __m512i d[U], mn[U];
 #pragma GCC unroll 8
-        for (int u = 0; u < U; ++u) d[u] = dist8<NB>(p + 8 * NB * u, q);
-        __m512i mn[U / 2];
+        for (int u = 0; u < U; ++u) mn[u] = d[u] = dist8<NB>(p + 8 * NB * u, q);
+        // minimum of the group by a tree (pairs, then pairs of pairs)
 #pragma GCC unroll 8
-        for (int u = 0; u < U / 2; ++u) mn[u] = _mm512_min_epu64(d[2 * u], d[2 * u + 1]);
-        if constexpr (U == 8) {
-            mn[0] = _mm512_min_epu64(_mm512_min_epu64(mn[0], mn[1]), _mm512_min_epu64(mn[2], mn[3]));
-        } else {
-            mn[0] = _mm512_min_epu64(mn[0], mn[1]);
-        }
+        for (int w = 1; w < U; w *= 2)
+#pragma GCC unroll 8
+            for (int u = 0; u + w < U; u += 2 * w) mn[u] = _mm512_min_epu64(mn[u], mn[u + w]);
         if (_mm512_cmplt_epu64_mask(mn[0], vT) != 0) {
             uint64_t m = 0;
 #pragma GCC unroll 8
@@ -359,26 +387,39 @@ MH_AVX512 static void scan(const uint8_t* codes, int64_t, int64_t begin, int64_t
         scan_rows<NB, false>(codes, begin, end, query, st, allow);
 }
 
-static ScanFn select(int64_t nbytes) {
-    switch (nbytes) {
-        case 8: return scan<8>;
-        case 16: return scan<16>;
-        case 32: return scan<32>;
-        default: return popcnt::select(nbytes);
+struct Kernels {
+    template <int NB>
+    MH_AVX512 static void scan(const uint8_t* c, int64_t nb, int64_t b, int64_t e, const uint8_t* q,
+                               TopK& st, const uint8_t* allow) {
+        avx512::scan<NB>(c, nb, b, e, q, st, allow);
     }
-}
+    static constexpr ScanFn generic = popcnt::Kernels::generic;
+};
 #undef MH_AVX512
 }  // namespace avx512
 #endif  // MEDHASH_X86
 
+// The one map from code size to kernel, for every level: K (a level's kernel set, e.g.
+// avx512::Kernels) has scan<NB> for 8, 16, 32 and 64 bytes and generic for any other size.
+template <class K>
+inline ScanFn select_kernel(int64_t nbytes) {
+    switch (nbytes) {
+        case 8: return &K::template scan<8>;
+        case 16: return &K::template scan<16>;
+        case 32: return &K::template scan<32>;
+        case 64: return &K::template scan<64>;
+        default: return K::generic;
+    }
+}
+
 inline ScanFn select_scan(int level, int64_t nbytes) {
 #if MEDHASH_X86
-    if (level >= LEVEL_AVX512) return avx512::select(nbytes);
-    if (level >= LEVEL_AVX2) return avx2::select(nbytes);
-    if (level >= LEVEL_POPCNT) return popcnt::select(nbytes);
+    if (level >= LEVEL_AVX512) return select_kernel<avx512::Kernels>(nbytes);
+    if (level >= LEVEL_AVX2) return select_kernel<avx2::Kernels>(nbytes);
+    if (level >= LEVEL_POPCNT) return select_kernel<popcnt::Kernels>(nbytes);
 #endif
     (void)level;
-    return portable::select(nbytes);
+    return select_kernel<portable::Kernels>(nbytes);
 }
 
 // ---- driver ----

@@ -20,7 +20,7 @@ from medhash_sdk import _hamming as H
 from medhash_sdk.codes import brute_force_search
 
 LEVELS = H.simd_levels()
-NBYTES = [1, 2, 4, 8, 16, 24, 32, 40, 128]
+NBYTES = [1, 2, 4, 8, 16, 24, 32, 40, 64, 128]
 
 
 @pytest.fixture
@@ -132,7 +132,7 @@ def test_descending_staircase_keeps_ties_at_threshold(seed, nbytes, k, level):
 
 
 @pytest.mark.parametrize("level", LEVELS)
-@pytest.mark.parametrize("nbytes", [8, 16, 32, 24])
+@pytest.mark.parametrize("nbytes", [8, 16, 32, 64, 24])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_large_rows_split_across_threads(level_guard, level, nbytes, threads):
     """Enough rows that a single query is split by row range and the parts are merged."""
@@ -151,7 +151,7 @@ def test_large_rows_split_across_threads(level_guard, level, nbytes, threads):
 
 
 @pytest.mark.parametrize("level", LEVELS)
-@pytest.mark.parametrize("nbytes", [16, 32])
+@pytest.mark.parametrize("nbytes", [16, 32, 64])
 def test_streaming_scan_over_a_mebibyte(level_guard, level, nbytes):
     """Over 1 MiB of codes in one scan the vector kernels prefetch ahead (a separate loop)."""
     rng = np.random.default_rng(nbytes)

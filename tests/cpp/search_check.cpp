@@ -39,7 +39,7 @@ int main() {
     std::mt19937_64 rng(12345);
     int passed = 0, failed = 0;
     const int level = medhash::detect_level();
-    for (int64_t nb : {1, 2, 4, 8, 16, 24, 32, 40}) {
+    for (int64_t nb : {1, 2, 4, 8, 16, 24, 32, 40, 64}) {
         for (int64_t n : {0, 1, 7, 100, 1000, 5000}) {
             for (int distinct : {3, 256}) {   // few distinct byte values: many ties
                 std::vector<uint8_t> codes(n * nb), queries(4 * nb);
