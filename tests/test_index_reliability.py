@@ -25,6 +25,8 @@ FUZZ_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "fuzz_index.py"
 
 @pytest.fixture(scope="module")
 def fuzz():
+    if str(FUZZ_PATH.parent) not in sys.path:     # the script imports its sibling benchmarks/_report.py
+        sys.path.insert(0, str(FUZZ_PATH.parent))
     spec = importlib.util.spec_from_file_location("fuzz_index", FUZZ_PATH)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
