@@ -717,7 +717,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{budget['batch_size']}, lr {budget['lr']:g}, device {a.device}; test queries vs train+val database; "
             f"mean ± 95% t-interval over seeds; {len(results)} runs, mean {np.mean(secs) if secs else 0:.1f} s a run.")
     with open(os.path.join(outdir, f"table_{'_'.join(map(str, a.bits))}.md"), "w") as fh:
-        fh.write(table + note + "\n")
+        fh.write(f"Made by:\n\n    python benchmarks/retrieval_table.py {' '.join(sys.argv[1:])}\n\n" + table + note + "\n")
     print(table + note)
     if a.default_model_out:
         res = default_model(a.default_model_out, a.dataset, budget, a.device, input_size,
