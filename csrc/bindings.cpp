@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <memory>
 #include <string>
 
 #include "hamming.h"
@@ -76,7 +77,7 @@ int64_t check_int(const py::handle& obj, const char* what, int64_t minimum) {
 }
 
 py::tuple search(const py::object& codes_obj, const py::object& queries_obj, const py::object& k_obj,
-                 const py::object& threads_obj, const py::object& allow_obj) {
+                 const py::object& threads_obj, const py::object& allow_obj, const py::object& multi_obj) {
     py::array codes = check_codes(codes_obj, "codes");
     py::array queries = check_codes(queries_obj, "queries");
     if (queries.shape(1) != codes.shape(1))
@@ -110,6 +111,19 @@ py::tuple search(const py::object& codes_obj, const py::object& queries_obj, con
     if (k > (int64_t{1} << 40) / std::max<int64_t>(1, nq))
         throw py::value_error("k * number of queries is too large to allocate the result");
 
+    const medhash::MultiIndex* multi = nullptr;
+    if (!multi_obj.is_none()) {
+        if (!py::isinstance<medhash::MultiIndex>(multi_obj))
+            throw py::type_error("multi_index must be None or a MultiIndex from build_multi_index(), got " +
+                                 std::string(py::str(py::type::of(multi_obj).attr("__name__"))));
+        multi = multi_obj.cast<const medhash::MultiIndex*>();
+        if (multi->nbytes != nbytes)
+            throw py::value_error("multi_index was built for " + std::to_string(multi->nbytes * 8) +
+                                  "-bit codes but codes have " + std::to_string(nbytes * 8) + " bits: rebuild it");
+        if (multi->n > n)
+            throw py::value_error("multi_index covers " + std::to_string(multi->n) + " rows but codes have only " +
+                                  std::to_string(n) + ": rows were removed since it was built; rebuild it");
+    }
     py::array_t<int64_t> rows({nq, k});
     py::array_t<int32_t> dists({nq, k});
     medhash::SearchJob job{static_cast<const uint8_t*>(codes.data()), n, nbytes,
@@ -118,9 +132,47 @@ py::tuple search(const py::object& codes_obj, const py::object& queries_obj, con
     const int level = g_level.load(std::memory_order_relaxed);
     {
         py::gil_scoped_release release;
-        medhash::search(job, static_cast<int>(threads), level);
+        if (multi != nullptr)
+            medhash::search_multi(job, *multi, static_cast<int>(threads), level);
+        else
+            medhash::search(job, static_cast<int>(threads), level);
     }
     return py::make_tuple(rows, dists);
+}
+
+std::unique_ptr<medhash::MultiIndex> build_multi_index(const py::object& codes_obj, const py::object& substrings_obj,
+                                                       const py::object& threads_obj) {
+    py::array codes = check_codes(codes_obj, "codes");
+    const int64_t n = codes.shape(0), nbytes = codes.shape(1), nbits = nbytes * 8;
+    const int64_t threads = check_int(threads_obj, "threads", 1);
+    if (n >= (int64_t{1} << 32))
+        throw py::value_error("a multi-index holds at most 2**32 - 1 rows (row numbers are uint32), got " +
+                              std::to_string(n) + ": search this index with the scan");
+    if (nbits > int64_t{medhash::kMaxSubstrings} * medhash::kMaxSubstringBits)
+        throw py::value_error("a multi-index supports codes of at most " +
+                              std::to_string(medhash::kMaxSubstrings * medhash::kMaxSubstringBits) + " bits, got " +
+                              std::to_string(nbits) + ": search this index with the scan");
+    const int64_t lo = (nbits + medhash::kMaxSubstringBits - 1) / medhash::kMaxSubstringBits;
+    const int64_t hi = std::min<int64_t>(nbits, medhash::kMaxSubstrings);
+    int64_t m = 0;
+    if (substrings_obj.is_none()) {
+        m = std::min<int64_t>(hi, std::max<int64_t>(lo, medhash::choose_substrings(nbits, n)));
+    } else {
+        m = check_int(substrings_obj, "substrings", 1);
+        if (m < lo || m > hi)
+            throw py::value_error("substrings must be between " + std::to_string(lo) + " and " + std::to_string(hi) +
+                                  " for " + std::to_string(nbits) + "-bit codes (each at most " +
+                                  std::to_string(medhash::kMaxSubstringBits) + " bits), got " + std::to_string(m) +
+                                  ": or pass None to choose from the code size and the number of rows");
+    }
+    auto mi = std::make_unique<medhash::MultiIndex>();
+    {
+        py::gil_scoped_release release;
+        medhash::build_multi_index(*mi, static_cast<const uint8_t*>(codes.data()), n, nbytes, static_cast<int>(m),
+                                   static_cast<int>(std::min<int64_t>(threads, 4096)));
+        medhash::calibrate_multi_index(*mi, static_cast<const uint8_t*>(codes.data()), g_level.load());
+    }
+    return mi;
 }
 
 std::string set_simd_level(const std::string& name) {
@@ -153,12 +205,41 @@ PYBIND11_MODULE(_hamming, m) {
     }
     g_level.store(level);
 
+    py::class_<medhash::MultiIndex>(m, "MultiIndex",
+                                    "Multi-index hashing tables over rows [0, rows) of a codes array (see build_multi_index).")
+        .def_property_readonly("substrings", [](const medhash::MultiIndex& mi) { return mi.m; })
+        .def_property_readonly("rows", [](const medhash::MultiIndex& mi) { return mi.n; })
+        .def_property_readonly("nbits", [](const medhash::MultiIndex& mi) { return mi.nbytes * 8; })
+        .def_property_readonly("widths", [](const medhash::MultiIndex& mi) {
+            py::tuple t(mi.len.size());
+            for (size_t j = 0; j < mi.len.size(); ++j) t[j] = mi.len[j];
+            return t;
+        })
+        .def_property_readonly("memory_bytes", &medhash::MultiIndex::memory_bytes);
+    m.def("build_multi_index", &build_multi_index, py::arg("codes"), py::arg("substrings") = py::none(),
+          py::arg("threads") = 1,
+          R"doc(Multi-index hashing tables over every row of codes (uint8 (n, nbytes), C-contiguous).
+
+substrings: None (about log2(n) bits each) or how many bit ranges to cut a code into, each
+at most 32 bits. Pass the result to search(..., multi_index=...) with the same codes, or
+with codes that have more rows appended (they are scanned).)doc");
+    m.def("multi_index_last_work", [] { return medhash::g_mih_last_work.load(); },
+          "Work (bucket probes + rows checked) of the last query answered through a multi-index. For benchmarks.");
+    m.def("set_multi_index_patience", [](double v) {
+        if (!(v >= 0.0 && v <= 1e6)) throw py::value_error("patience must be between 0 and 1e6, got " + std::to_string(v));
+        return medhash::mih_patience().exchange(v);
+    }, py::arg("patience"),
+          "Fraction of a one-thread scan's time a query may spend in the multi-index before it gives "
+          "up and scans (default 1.0); returns the previous value. For tests and benchmarks. Process-wide.");
     m.def("search", &search, py::arg("codes"), py::arg("queries"), py::arg("k"), py::arg("threads") = 1,
-          py::arg("allow") = py::none(),
+          py::arg("allow") = py::none(), py::arg("multi_index") = py::none(),
           R"doc(Exact k nearest codes by Hamming distance.
 
 codes: uint8 (n, nbytes); queries: uint8 (nq, nbytes); k >= 1; threads >= 1;
 allow: None or bool/uint8 (n,), rows where it is 0 are skipped inside the scan.
+multi_index: None, or tables from build_multi_index() over the first rows of these codes:
+queries are answered through them (exactly the same results) when they find the answer with
+less work than a scan, else by the scan.
 Returns (rows int64 (nq, k), distances int32 (nq, k)) sorted by distance, ties by smaller
 row number; padded with row -1 and distance -1 when fewer than k rows qualify.)doc");
     m.def("simd_level", [] { return std::string(medhash::level_name(g_level.load())); },

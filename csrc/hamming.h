@@ -21,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "mih.h"
 #include "topk.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -90,6 +91,7 @@ namespace portable {
 #define MH_POPCOUNT64(x) __builtin_popcountll(x)  // a native instruction on aarch64
 #endif
 #include "hamming_scalar.inc"
+#include "mih_query.inc"
 #undef MH_TARGET
 #undef MH_POPCOUNT64
 }  // namespace portable
@@ -100,6 +102,7 @@ namespace popcnt {
 #define MH_TARGET __attribute__((target("popcnt")))
 #define MH_POPCOUNT64(x) static_cast<uint64_t>(__builtin_popcountll(x))
 #include "hamming_scalar.inc"
+#include "mih_query.inc"
 #undef MH_TARGET
 #undef MH_POPCOUNT64
 }  // namespace popcnt
@@ -591,6 +594,134 @@ inline void search(const SearchJob& job, int threads, int level) {
             out_r[i] = -1;
             out_d[i] = -1;
         }
+    }
+}
+
+
+// ---- multi-index hashing driver (tables and query: mih.h, mih_query.inc) ----
+
+// A query through the multi-index gives up after this fraction of a one-thread scan's time
+// (then scans: at most 1 + this fraction of a scan); a query that took more than half of it
+// makes the next queries skip the tables for a while (see MultiIndex::skip).
+// Process-wide, changed only by tests (set_multi_index_patience).
+inline std::atomic<double>& mih_patience() {
+    static std::atomic<double> v{1.0};
+    return v;
+}
+
+inline std::atomic<int64_t> g_mih_last_work{0};  // for benchmarks: work of the last query
+
+using MihFn = int64_t (*)(const MultiIndex&, const uint8_t*, const uint8_t*, const uint8_t*,
+                          Clock::time_point, UnorderedTopK&);
+
+inline MihFn select_mih(int level) {
+#if MEDHASH_X86
+    if (level >= LEVEL_POPCNT) return &popcnt::mih_query;
+#endif
+    (void)level;
+    return &portable::mih_query;
+}
+
+// Time a one-thread scan of (up to) the first million rows, best of three, into
+// mi.scan_ns_per_row: what a query through the tables is measured against.
+inline void calibrate_multi_index(MultiIndex& mi, const uint8_t* codes, int level) {
+    const int64_t rows = std::min<int64_t>(mi.n, int64_t{1} << 20);
+    if (rows == 0) return;
+    const ScanFn scan = select_scan(level, mi.nbytes);
+    TopK st;
+    double best = 0.0;
+    for (int rep = 0; rep < 3; ++rep) {
+        st.reset(10, static_cast<int>(mi.nbytes * 8));
+        const Clock::time_point t0 = Clock::now();
+        scan(codes, mi.nbytes, 0, rows, codes + (rows / 2) * mi.nbytes, st, nullptr);
+        const double ns = static_cast<double>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
+        best = rep == 0 ? ns : std::min(best, ns);
+    }
+    mi.scan_ns_per_row = best / static_cast<double>(rows);
+}
+
+// search() through the multi-index: rows [0, mi.n) by the tables, rows [mi.n, n) (added since
+// the build) by the scan kernel, the two merged. Queries that give up, or that come while the
+// index is pausing after a give-up, are scanned together by search(). Same results as search().
+inline void search_multi(const SearchJob& job, const MultiIndex& mi, int threads, int level) {
+    if (job.n == 0 || job.nq == 0 || mi.n > job.n || mi.nbytes != job.nbytes) {
+        search(job, threads, level);
+        return;
+    }
+    const MihFn query_fn = select_mih(level);
+    const ScanFn scan = select_scan(level, job.nbytes);
+    const int max_dist = static_cast<int>(job.nbytes * 8);
+    const int64_t kin = std::min(job.k, job.n);
+    const double scan_ns = mi.scan_ns_per_row * static_cast<double>(job.n);
+    const auto patience = std::chrono::nanoseconds(
+        static_cast<int64_t>(scan_ns * mih_patience().load(std::memory_order_relaxed)));
+    std::vector<uint8_t> done(static_cast<size_t>(job.nq), 0);
+    const int nthreads = static_cast<int>(std::min<int64_t>(std::max(1, threads), job.nq));
+    run_threads(nthreads, [&](int t) {
+        UnorderedTopK found;
+        TopK tail;
+        std::vector<int64_t> part_rows(static_cast<size_t>(2 * kin));
+        std::vector<int32_t> part_dists(part_rows.size());
+        std::vector<int64_t> merge_scratch;
+        for (int64_t qi = t; qi < job.nq; qi += nthreads) {
+            int pause = mi.skip.load(std::memory_order_relaxed);
+            if (pause > 0 && mi.skip.compare_exchange_strong(pause, pause - 1)) continue;
+            const uint8_t* query = job.queries + qi * job.nbytes;
+            found.reset(kin, max_dist);
+            const Clock::time_point start = Clock::now();
+            const int64_t work = query_fn(mi, job.codes, query, job.allow, start + patience, found);
+            if (work < 0 || (Clock::now() - start) * 2 > patience) {  // lost, or won too little
+                // gave up, or won too little: pause for the next queries, longer each time
+                const int b = mi.backoff.load(std::memory_order_relaxed);
+                mi.skip.store(b, std::memory_order_relaxed);
+                mi.backoff.store(std::min(64, 2 * b), std::memory_order_relaxed);
+                if (work < 0) continue;
+            } else {
+                mi.backoff.store(1, std::memory_order_relaxed);
+            }
+            g_mih_last_work.store(work, std::memory_order_relaxed);
+            int64_t* out_r = job.out_rows + qi * job.k;
+            int32_t* out_d = job.out_dists + qi * job.k;
+            if (mi.n == job.n) {
+                found.finish(out_r, out_d, job.k);
+            } else {
+                found.finish(part_rows.data(), part_dists.data(), kin);
+                tail.reset(kin, max_dist);
+                scan(job.codes, job.nbytes, mi.n, job.n, query, tail, job.allow);
+                tail.finish(part_rows.data() + kin, part_dists.data() + kin, kin);
+                merge_parts(part_rows.data(), part_dists.data(), 2, kin, max_dist, out_r, out_d,
+                            merge_scratch);
+                for (int64_t i = kin; i < job.k; ++i) {
+                    out_r[i] = -1;
+                    out_d[i] = -1;
+                }
+            }
+            done[static_cast<size_t>(qi)] = 1;
+        }
+    });
+    std::vector<int64_t> rest;
+    for (int64_t qi = 0; qi < job.nq; ++qi)
+        if (!done[static_cast<size_t>(qi)]) rest.push_back(qi);
+    if (rest.empty()) return;
+    if (static_cast<int64_t>(rest.size()) == job.nq) {
+        search(job, threads, level);
+        return;
+    }
+    std::vector<uint8_t> queries(rest.size() * static_cast<size_t>(job.nbytes));
+    for (size_t i = 0; i < rest.size(); ++i)
+        std::memcpy(queries.data() + i * job.nbytes, job.queries + rest[i] * job.nbytes,
+                    static_cast<size_t>(job.nbytes));
+    std::vector<int64_t> rows(rest.size() * static_cast<size_t>(job.k));
+    std::vector<int32_t> dists(rows.size());
+    SearchJob sub = job;
+    sub.queries = queries.data();
+    sub.nq = static_cast<int64_t>(rest.size());
+    sub.out_rows = rows.data();
+    sub.out_dists = dists.data();
+    search(sub, threads, level);
+    for (size_t i = 0; i < rest.size(); ++i) {
+        std::copy_n(rows.data() + i * job.k, job.k, job.out_rows + rest[i] * job.k);
+        std::copy_n(dists.data() + i * job.k, job.k, job.out_dists + rest[i] * job.k);
     }
 }
 

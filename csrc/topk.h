@@ -146,4 +146,74 @@ inline void merge_parts(const int64_t* part_rows, const int32_t* part_dists, int
     }
 }
 
+
+// Top-k of rows offered in any row order (multi-index hashing finds rows bucket by bucket).
+// Same result and tie rule as TopK, but a later row may have a smaller row number, so every row
+// at the k-th smallest distance so far is kept until finish() sorts them.
+class UnorderedTopK {
+public:
+    void reset(int64_t k, int max_dist) {
+        k_ = k;
+        threshold_ = max_dist + 1;
+        live_ = 0;
+        closer_ = 0;
+        hist_.assign(static_cast<size_t>(max_dist) + 2, 0);
+        buf_.clear();
+    }
+
+    // Rows with distance < threshold() may still enter the result.
+    int threshold() const { return threshold_; }
+
+    // Rows kept with distance < threshold(): once >= k, the k-th distance is threshold() - 1.
+    int64_t live() const { return live_; }
+    int64_t k() const { return k_; }
+
+    void push(int64_t row, int dist) {
+        buf_.push_back(Candidate{row, dist});
+        ++hist_[static_cast<size_t>(dist)];
+        ++live_;
+        if (dist < threshold_ - 1) ++closer_;
+        // closer_ = rows at distance <= T - 2. Once k of them exist, distance T - 1 is out.
+        while (closer_ >= k_) {
+            --threshold_;
+            live_ -= hist_[static_cast<size_t>(threshold_)];
+            closer_ -= hist_[static_cast<size_t>(threshold_ - 1)];
+        }
+        if (buf_.size() >= 2 * static_cast<size_t>(live_) + 1024) compact();
+    }
+
+    // Sorted by (distance, row), padded with -1; returns how many real results (<= k_out).
+    int64_t finish(int64_t* rows, int32_t* dists, int64_t k_out) {
+        compact();
+        std::sort(buf_.begin(), buf_.end(), [](const Candidate& a, const Candidate& b) {
+            return a.dist != b.dist ? a.dist < b.dist : a.row < b.row;
+        });
+        const int64_t written = std::min<int64_t>({k_, k_out, static_cast<int64_t>(buf_.size())});
+        for (int64_t i = 0; i < written; ++i) {
+            rows[i] = buf_[static_cast<size_t>(i)].row;
+            dists[i] = buf_[static_cast<size_t>(i)].dist;
+        }
+        for (int64_t i = written; i < k_out; ++i) {
+            rows[i] = -1;
+            dists[i] = -1;
+        }
+        return written;
+    }
+
+private:
+    void compact() {
+        size_t w = 0;
+        for (size_t i = 0; i < buf_.size(); ++i)
+            if (buf_[i].dist < threshold_) buf_[w++] = buf_[i];
+        buf_.resize(w);
+    }
+
+    int64_t k_ = 1;
+    int threshold_ = 1;
+    int64_t live_ = 0;
+    int64_t closer_ = 0;
+    std::vector<int64_t> hist_;
+    std::vector<Candidate> buf_;
+};
+
 }  // namespace medhash

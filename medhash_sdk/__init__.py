@@ -16,17 +16,18 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Encoder", "Index", "SearchResult", "__version__"]
+__all__ = ["Encoder", "Index", "MultiIndexInfo", "SearchResult", "__version__"]
 
 _LAZY = {
     "Encoder": ".encoder",
     "Index": ".index",
+    "MultiIndexInfo": ".index",
     "SearchResult": ".index",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from .encoder import Encoder
-    from .index import Index, SearchResult
+    from .index import Index, MultiIndexInfo, SearchResult
 
 
 def __getattr__(name: str) -> Any:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +36,7 @@ from .validation import check_int
 
 _THREADS_HINT = " (0 means every core this process may use)"
 
-__all__ = ["Index", "SearchResult"]
+__all__ = ["Index", "MultiIndexInfo", "SearchResult"]
 
 _IdStore = IntIds | StrIds
 
@@ -67,6 +69,22 @@ class SearchResult:
 
     def __iter__(self) -> Any:
         return iter((self.ids, self.distances))
+
+
+@dataclass(frozen=True)
+class MultiIndexInfo:
+    """What Index.build_multi_index() built.
+
+    substrings: how many bit ranges a code is cut into; widths: their widths in bits.
+    rows: rows the tables cover (rows added later are scanned until the next rebuild).
+    memory_bytes: size of the tables. build_seconds: time the build took.
+    """
+
+    substrings: int
+    widths: tuple[int, ...]
+    rows: int
+    memory_bytes: int
+    build_seconds: float
 
 
 def _check_fingerprint_arg(fingerprint: Any) -> str | None:
@@ -106,6 +124,11 @@ class Index:
         self._path: str | None = None
         self._version = 0  # bumped by every add()/remove(): tells a stale HNSW graph
         self._approx: tuple[Any, int] | None = None  # (ApproximateHammingIndex, _version)
+        # multi-index hashing: wanted (substrings or None) once build_multi_index() was called;
+        # the tables themselves, dropped by remove() and rebuilt at the next search
+        self._multi_wanted: tuple[int | None] | None = None
+        self._multi: Any = None
+        self._multi_build = threading.Lock()
 
     # ------------------------------------------------------------------ properties
 
@@ -282,6 +305,7 @@ class Index:
                 self._codes.keep(keep)
                 store.keep(keep)
                 self._version += 1
+                self._multi = None  # row numbers moved: rebuilt at the next search
             return removed
 
     def get_codes(self, ids: Any) -> np.ndarray:
@@ -369,11 +393,77 @@ class Index:
         nq, kk = len(q), min(k, len(self))
         if not (kk and nq):
             return np.full((nq, k), -1, dtype=np.int64), np.full((nq, k), -1, dtype=np.int32)
-        rows, dist = _engine().search(self._codes.data, q, kk, threads, mask)
+        rows, dist = _engine().search(self._codes.data, q, kk, threads, mask, self._current_multi(threads))
         if kk < k:
             rows = np.concatenate([rows, np.full((nq, k - kk), -1, np.int64)], axis=1)
             dist = np.concatenate([dist, np.full((nq, k - kk), -1, np.int32)], axis=1)
         return rows, dist
+
+    # ------------------------------------------------------------------ multi-index hashing
+
+    def build_multi_index(self, substrings: int | None = None, *, threads: int = 0) -> MultiIndexInfo:
+        """Build multi-index hashing tables (Norouzi et al. 2014) so that search() reads only
+        the rows near each query instead of every row. Results stay exactly those of the scan,
+        ties and allow/deny included.
+
+        substrings: how many bit ranges (each <= 32 bits) a code is cut into; None chooses
+        about log2(len(index)) bits each. threads: cores for the build (0: all).
+        search() uses the tables for a query when they find its answer with less work than a
+        scan would take, else scans: on codes without near neighbours (e.g. uniform random)
+        the tables are tried now and then and cost little. Rows added later are scanned
+        until the tables no longer cover 8/9 of the rows, then rebuilt at the next search;
+        remove() drops them and the next search rebuilds them. They live in memory only:
+        after Index.load()/view(), call build_multi_index() again. Costs about
+        4 * substrings + 4 bytes a row.
+        """
+        if substrings is not None:
+            substrings = check_int("substrings", substrings)
+        threads = check_int("threads", threads, minimum=0, hint=_THREADS_HINT) or available_cpus()
+        with self._lock.read():
+            if self._nbits > 2048:
+                raise ValueError(f"multi-index hashing supports codes of at most 2048 bits, this index holds "
+                                 f"{self._nbits}-bit codes: search with the scan")
+            t0 = time.perf_counter()
+            with self._multi_build:
+                multi = _engine().build_multi_index(self._codes.data, substrings, threads)
+                self._multi, self._multi_wanted = multi, (substrings,)
+            return self._multi_info(multi, time.perf_counter() - t0)
+
+    @staticmethod
+    def _multi_info(multi: Any, seconds: float) -> MultiIndexInfo:
+        return MultiIndexInfo(multi.substrings, tuple(multi.widths), multi.rows, multi.memory_bytes, seconds)
+
+    def drop_multi_index(self) -> None:
+        """Forget the multi-index tables: search() scans every row again."""
+        with self._multi_build:
+            self._multi, self._multi_wanted = None, None
+
+    @property
+    def multi_index(self) -> MultiIndexInfo | None:
+        """The tables search() uses now (None when build_multi_index() was not called)."""
+        multi = self._multi
+        return None if multi is None else self._multi_info(multi, 0.0)
+
+    def _current_multi(self, threads: int) -> Any:
+        """The tables for a search, rebuilt first when remove() dropped them or when too many
+        rows were added since. Caller holds the read lock."""
+        if self._multi_wanted is None:
+            return None
+        multi = self._multi
+        n = len(self)
+        if multi is not None and n - multi.rows <= multi.rows // 8:
+            return multi
+        with self._multi_build:
+            wanted, multi = self._multi_wanted, self._multi
+            if wanted is None:
+                return None
+            if multi is None or n - multi.rows > multi.rows // 8:
+                substrings = wanted[0]
+                if substrings is not None:  # the chosen count may not fit the new size
+                    substrings = min(substrings, self._nbits)
+                multi = _engine().build_multi_index(self._codes.data, substrings, threads)
+                self._multi = multi
+            return multi
 
     def build_approximate(self, *, connectivity: int = 16, expansion_add: int = 128,
                           expansion_search: int = 64, threads: int = 0) -> None:

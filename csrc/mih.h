@@ -1,0 +1,150 @@
+// Multi-index hashing (Norouzi, Punjani, Fleet, TPAMI 2014): exact k-NN in Hamming space that
+// reads only the rows near the query. See docs/search.md for the algorithm and its measurements.
+//
+// A code of b bits is cut into m disjoint substrings (bit ranges). If a row is at distance d
+// from the query, some substring is within floor(d / m) of the query's substring (pigeonhole).
+// Each substring has a table: the rows bucketed by their substring value. A query probes, for
+// radius r = 0, 1, 2, ..., every value at distance r in each substring's table, computes the
+// full distance of the rows found, and stops once no unseen row can beat the k-th found.
+//
+// Memory: per table, rows as uint32 (4 bytes a row) in bucket order plus 2^h + 1 uint32 bucket
+// offsets, with 2^h <= rows / m: at most 4m + 4 bytes a row (16 bytes for m = 3 at 64 bits, the
+// size of the codes plus int64 ids). A substring wider than h bits is hashed to h bits; its
+// buckets then hold other values too, which the query skips by comparing the substring.
+//
+// This header holds the tables and their build; the query loop is in mih_query.inc (compiled
+// once per popcount instruction set, like the scan kernels).
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <exception>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace medhash {
+
+// Bits [begin, begin + len) of a code, len <= 32. Bit b is bit b % 8 (least significant first)
+// of byte b / 8: the order of a little-endian word load, so 8-byte codes can use one.
+inline uint64_t code_bits(const uint8_t* code, int begin, int len) {
+    const int first = begin >> 3, last = (begin + len - 1) >> 3;
+    uint64_t x = 0;
+    for (int b = last; b >= first; --b) x = (x << 8) | code[b];
+    return (x >> (begin & 7)) & ((uint64_t{1} << len) - 1);
+}
+
+constexpr int kMaxSubstringBits = 32;
+constexpr int kMaxSubstrings = 64;  // so codes of up to 2048 bits
+constexpr uint32_t kPrefetchRows = 8;
+constexpr int64_t kClockEvery = 512;  // units of work between two looks at the clock
+using Clock = std::chrono::steady_clock;  // rows of a bucket whose codes are requested ahead
+
+struct MultiIndex {
+    int64_t nbytes = 0;
+    int64_t n = 0;  // rows covered: [0, n); later rows are scanned
+    int m = 0;
+    std::vector<int> begin, len, hbits;          // per substring: first bit, width, bucket bits
+    std::vector<std::vector<uint32_t>> offsets;  // per substring: 2^h + 1 bucket starts
+    std::vector<std::vector<uint32_t>> rows;     // per substring: n rows, bucket by bucket, in row order
+
+    // Adaptive fallback: after a query gives up (too much work, e.g. uniform codes), the next
+    // `skip` queries go straight to the scan; the pause doubles with each give-up (<= 64).
+    mutable std::atomic<int> skip{0};
+    mutable std::atomic<int> backoff{1};
+    // What a one-thread scan costs here, measured after the build (calibrate_multi_index in
+    // hamming.h): a query gives up once it has spent half of a scan's time.
+    double scan_ns_per_row = 0.0;
+
+    uint32_t bucket(int j, uint64_t value) const {
+        const int h = hbits[static_cast<size_t>(j)];
+        if (h >= len[static_cast<size_t>(j)]) return static_cast<uint32_t>(value);
+        return static_cast<uint32_t>((value * 0x9E3779B97F4A7C15ULL) >> (64 - h));
+    }
+
+    size_t memory_bytes() const {
+        size_t b = 0;
+        for (const auto& o : offsets) b += o.size() * sizeof(uint32_t);
+        for (const auto& r : rows) b += r.size() * sizeof(uint32_t);
+        return b;
+    }
+};
+
+// Substrings for nbits-bit codes and n rows: about log2(n) bits each (the paper's rule), at
+// most 32 bits each, and few enough that the tables (4 bytes a row each, plus offsets) stay
+// within the size of the codes plus int64 ids: m <= (nbytes + 8) / 4 - 1.
+inline int choose_substrings(int64_t nbits, int64_t n) {
+    const double lg = std::max(8.0, std::log2(static_cast<double>(std::max<int64_t>(n, 2))));
+    int64_t m = static_cast<int64_t>(static_cast<double>(nbits) / lg + 0.5);
+    m = std::min<int64_t>(m, (nbits / 8 + 8) / 4 - 1);
+    m = std::max<int64_t>(m, (nbits + kMaxSubstringBits - 1) / kMaxSubstringBits);
+    return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(m, nbits)));
+}
+
+// Build the tables of rows [0, n) of codes. m: substrings (1..nbits, each <= 32 bits wide).
+inline void build_multi_index(MultiIndex& mi, const uint8_t* codes, int64_t n, int64_t nbytes,
+                              int m, int threads) {
+    const int nbits = static_cast<int>(nbytes * 8);
+    mi.nbytes = nbytes;
+    mi.n = n;
+    mi.m = m;
+    mi.begin.assign(static_cast<size_t>(m), 0);
+    mi.len.assign(static_cast<size_t>(m), 0);
+    mi.hbits.assign(static_cast<size_t>(m), 0);
+    mi.offsets.assign(static_cast<size_t>(m), {});
+    mi.rows.assign(static_cast<size_t>(m), {});
+    mi.skip.store(0);
+    mi.backoff.store(1);
+    // bucket bits: 2^h <= n / m keeps the offsets within 4 bytes a row over all tables
+    int hmax = 1;
+    while (hmax < 30 && (int64_t{1} << (hmax + 1)) * m <= std::max<int64_t>(n, 2)) ++hmax;
+    for (int j = 0, at = 0; j < m; ++j) {
+        const int w = nbits / m + (j < nbits % m ? 1 : 0);
+        mi.begin[static_cast<size_t>(j)] = at;
+        mi.len[static_cast<size_t>(j)] = w;
+        mi.hbits[static_cast<size_t>(j)] = std::min(w, hmax);
+        at += w;
+    }
+    auto build_table = [&](int j) {
+        const int b0 = mi.begin[static_cast<size_t>(j)], w = mi.len[static_cast<size_t>(j)];
+        const size_t nb = size_t{1} << mi.hbits[static_cast<size_t>(j)];
+        std::vector<uint32_t>& off = mi.offsets[static_cast<size_t>(j)];
+        std::vector<uint32_t>& out = mi.rows[static_cast<size_t>(j)];
+        off.assign(nb + 1, 0);
+        out.resize(static_cast<size_t>(n));
+        const uint8_t* p = codes;
+        for (int64_t r = 0; r < n; ++r, p += nbytes) ++off[mi.bucket(j, code_bits(p, b0, w)) + 1];
+        for (size_t b = 0; b < nb; ++b) off[b + 1] += off[b];
+        std::vector<uint32_t> cursor(off.begin(), off.end() - 1);
+        p = codes;
+        for (int64_t r = 0; r < n; ++r, p += nbytes)
+            out[cursor[mi.bucket(j, code_bits(p, b0, w))]++] = static_cast<uint32_t>(r);
+    };
+    const int nthreads = std::max(1, std::min(threads, m));
+    std::vector<std::thread> pool;
+    std::vector<std::exception_ptr> errors(static_cast<size_t>(nthreads));
+    auto work = [&](int t) {
+        try {
+            for (int j = t; j < m; j += nthreads) build_table(j);
+        } catch (...) {
+            errors[static_cast<size_t>(t)] = std::current_exception();
+        }
+    };
+    for (int t = 1; t < nthreads; ++t) {
+        try {
+            pool.emplace_back(work, t);
+        } catch (...) {
+            work(t);
+        }
+    }
+    work(0);
+    for (std::thread& th : pool) th.join();
+    for (const std::exception_ptr& e : errors)
+        if (e) std::rethrow_exception(e);
+}
+
+}  // namespace medhash
