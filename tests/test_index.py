@@ -133,9 +133,9 @@ def test_mask_is_passed_to_the_scan_not_over_fetched(monkeypatch):
 
     class Spy:
         @staticmethod
-        def search(codes, queries, k, threads, allow):
+        def search(codes, queries, k, threads, allow, multi_index=None):
             calls.append((k, threads, allow))
-            return real.search(codes, queries, k, threads, allow)
+            return real.search(codes, queries, k, threads, allow, multi_index)
 
     monkeypatch.setattr(index_mod, "_engine", lambda: Spy)
     monkeypatch.setattr(index_mod, "available_cpus", lambda: 3)
