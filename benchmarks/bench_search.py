@@ -8,6 +8,7 @@ the minimum is the least disturbed run), single queries each use a different que
     python benchmarks/bench_search.py --quick            # 1M codes, ~2 minutes
     python benchmarks/bench_search.py                    # 1M and 10M, plus HNSW (longer)
     python benchmarks/bench_search.py --sizes 1e7 --bits 64 --no-hnsw
+    python benchmarks/bench_search.py --only-multi-index --sizes 1e7 --ks 10,100 --data grown,uniform
 
 Data: "uniform" random codes, and "clustered" codes (100 centres, each bit flipped with
 probability 0.1), queries drawn the same way. The approximate section builds usearch's HNSW
@@ -347,6 +348,13 @@ def parse_args(argv=None):
     p.add_argument("--only-hnsw", action="store_true", help="run only the approximate (HNSW) section")
     p.add_argument("--hnsw-cap", type=float, default=600.0, help="seconds allowed to build each HNSW index")
     p.add_argument("--hnsw-ef", default="32,64,128")
+    p.add_argument("--only-multi-index", action="store_true",
+                   help="run only the multi-index hashing section (codes grown from real ones, and uniform "
+                        "codes; --sizes, --ks; writes results/bench_search_multi_index.md)")
+    p.add_argument("--mi-queries", type=int, default=200, help="queries in the multi-index section")
+    p.add_argument("--mi-data", default=os.environ.get("MEDHASH_DATA", "../shared/data"),
+                   help="the data folder the real codes come from")
+    p.add_argument("--no-faiss-hash", action="store_true", help="multi-index section without faiss' hash indexes")
     p.add_argument("--summarize", metavar="OUTPUT", help="only print the summary of a saved run's output")
     p.add_argument("--quick", action="store_true",
                    help="1M codes, k=10,100, a 60 s HNSW build cap: about 2 minutes once cached")
@@ -382,6 +390,15 @@ def main(argv=None) -> int:
         return 0
     import faiss
 
+    if args.only_multi_index:
+        from _multi_index_section import report
+
+        print(f"medhash _hamming simd={_hamming.simd_level()}  faiss {faiss.__version__}")
+        print("\n## Multi-index hashing (Index.build_multi_index) vs the exact scan and faiss' hash indexes")
+        for n in args.sizes:
+            report(n, Path(args.mi_data), ks=args.ks, nq=args.mi_queries, faiss_peers=not args.no_faiss_hash,
+                   kinds=[d for d in args.data if d in ("grown", "uniform")] or ["grown", "uniform"])
+        return 0
     print(f"medhash _hamming simd={_hamming.simd_level()}  faiss {faiss.__version__}  numpy {np.__version__}  "
           f"cpu={platform.processor() or platform.machine()}  cores={len(os.sched_getaffinity(0))}")
     rows, checks = ([], []) if args.only_hnsw else bench_exact(args)
@@ -397,6 +414,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    with recorded("bench_search"):
+    with recorded("bench_search_multi_index" if "--only-multi-index" in sys.argv else "bench_search"):
         status = main()
     raise SystemExit(status)

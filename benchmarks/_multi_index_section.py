@@ -1,0 +1,138 @@
+"""bench_search.py's multi-index section: Index.build_multi_index() vs the exact scan vs faiss'
+hashing indexes, on codes grown from real ones (benchmarks/realistic_codes.py) and on uniform
+codes. One query at a time, one thread; queries are real codes of held-out images (uniform
+queries for uniform codes). Every multi-index answer is compared with the scan's.
+"""
+from __future__ import annotations
+
+import gc
+import time
+from pathlib import Path
+
+import numpy as np
+
+import realistic_codes
+from medhash_sdk import Index
+
+FAISS_HASH = [("IndexBinaryHash", b, None, f) for b in (20, 24) for f in (0, 1, 2)]
+FAISS_MULTIHASH = [("IndexBinaryMultiHash", b, h, f) for h, b in ((3, 21), (4, 16)) for f in (0, 1, 2)]
+
+
+def _per_query(fn, queries: np.ndarray) -> tuple[float, list]:
+    """Mean seconds per query over the queries, one call each, and the answers."""
+    out = []
+    t0 = time.perf_counter()
+    for i in range(len(queries)):
+        out.append(fn(queries[i:i + 1]))
+    return (time.perf_counter() - t0) / len(queries), out
+
+
+def _recall(exact_rows: list[np.ndarray], found: list[np.ndarray], k: int) -> float:
+    """Fraction of the exact k nearest (by distance: ties at the k-th count either way) found."""
+    hits = 0
+    for (rows, dist), (frows, fdist) in zip(exact_rows, found):
+        kth = dist[0, k - 1]
+        within = set(rows[0][dist[0] < kth].tolist())
+        got = set(frows[0][(frows[0] >= 0)].tolist())
+        at_kth_needed = k - len(within)
+        hits += len(within & got) + min(at_kth_needed, int(np.sum(fdist[0][frows[0] >= 0] == kth)))
+    return hits / (k * len(exact_rows))
+
+
+def _faiss_rows(codes: np.ndarray, queries: np.ndarray, ks: list[int], exact: dict) -> list[dict]:
+    import faiss
+
+    nbits = codes.shape[1] * 8
+    rows = []
+    for name, b, nhash, nflip in FAISS_HASH + FAISS_MULTIHASH:
+        if nhash is None and nflip == 0:
+            t0 = time.perf_counter()
+            index = faiss.IndexBinaryHash(nbits, b)
+            index.add(codes)
+            built = time.perf_counter() - t0
+        elif nhash is not None and nflip == 0:
+            t0 = time.perf_counter()
+            index = faiss.IndexBinaryMultiHash(nbits, nhash, b)
+            index.add(codes)
+            built = time.perf_counter() - t0
+        index.nflip = nflip
+        for k in ks:
+            sec, found = _per_query(lambda q: tuple(reversed(index.search(q, k))), queries)
+            found = [(r, d) for r, d in found]
+            rows.append({"engine": f"faiss {name}(b={b}{'' if nhash is None else f', nhash={nhash}'}) nflip={nflip}",
+                         "k": k, "ms": sec * 1e3, "recall": _recall(exact[k], found, k), "build_s": built})
+        if nflip == 2:
+            del index
+            gc.collect()
+    return rows
+
+
+def bench(n: int, data_dir: Path, *, ks: list[int], nq: int, faiss_peers: bool, uniform: bool,
+          nbits: int = 64) -> tuple[list[dict], dict]:
+    """Rows of the table for one (codes, n); facts for the text (fit, histograms, build)."""
+    model = realistic_codes.fit(data_dir)
+    facts: dict = {"model": model}
+    rng = np.random.default_rng(11)
+    nbytes = nbits // 8
+    if uniform:
+        codes = np.frombuffer(rng.bytes(n * nbytes), dtype=np.uint8).reshape(n, nbytes).copy()
+        queries = np.frombuffer(rng.bytes(nq * nbytes), dtype=np.uint8).reshape(nq, nbytes).copy()
+    else:
+        if nbits != model.parents.shape[1] * 8:
+            raise ValueError(f"the real codes have {model.parents.shape[1] * 8} bits, not {nbits}")
+        codes = model.grow(n)
+        queries = model.queries[:nq]
+    idx = Index(nbits)
+    idx.add(codes)
+    del codes
+    info = idx.build_multi_index(threads=1)
+    facts.update(build_s=info.build_seconds, memory=info.memory_bytes, widths=info.widths,
+                 codes_ids=len(idx) * (nbytes + 8))
+    t0 = time.perf_counter()
+    idx.build_multi_index(threads=2)
+    facts["build2_s"] = time.perf_counter() - t0
+    engine_codes = idx._codes.data  # the engine's own view: no copy
+    from medhash_sdk import _hamming
+
+    rows, exact = [], {}
+    for k in ks:
+        scan_s, scan_out = _per_query(lambda q: _hamming.search(engine_codes, q, k, 1, None, None), queries)
+        mih_s, mih_out = _per_query(lambda q: _hamming.search(engine_codes, q, k, 1, None, idx._multi), queries)
+        same = all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(scan_out, mih_out))
+        exact[k] = [(r, d) for r, d in scan_out]
+        facts.setdefault("kth", {})[k] = np.array([d[0, k - 1] for _, d in scan_out])
+        rows.append({"engine": "medhash scan", "k": k, "ms": scan_s * 1e3, "recall": 1.0})
+        rows.append({"engine": "medhash multi-index", "k": k, "ms": mih_s * 1e3, "recall": 1.0 if same else float("nan"),
+                     "speedup": scan_s / mih_s, "same": same})
+    if faiss_peers:
+        codes_copy = np.ascontiguousarray(engine_codes)
+        del idx
+        gc.collect()
+        rows.extend(_faiss_rows(codes_copy, queries, ks, exact))
+    return rows, facts
+
+
+def report(n: int, data_dir: Path, *, ks: list[int], nq: int, faiss_peers: bool, kinds: list[str]) -> None:
+    for kind in kinds:
+        rows, facts = bench(n, data_dir, ks=ks, nq=nq, faiss_peers=faiss_peers, uniform=kind == "uniform")
+        scan = {r["k"]: r["ms"] for r in rows if r["engine"] == "medhash scan"}
+        print(f"\n### {kind} codes, {n:,} x 64 bit, one query, one thread ({nq} queries)\n")
+        if kind != "uniform":
+            print(realistic_codes.describe(facts["model"]))
+        print(f"tables: substrings {facts['widths']}, {facts['memory'] / 2**20:.0f} MiB "
+              f"({facts['memory'] / facts['codes_ids']:.2f}x codes + int64 ids), build {facts['build_s']:.2f} s "
+              f"on 1 thread, {facts['build2_s']:.2f} s on 2\n")
+        print("| engine | k | ms/query | x scan time | recall@k | build s |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            same = "" if "same" not in r else (" (same answers)" if r["same"] else " (DIFFERENT ANSWERS)")
+            print(f"| {r['engine']} | {r['k']} | {r['ms']:.3f} | {r['ms'] / scan[r['k']]:.2f} | "
+                  f"{r['recall']:.3f}{same} | {r.get('build_s', float('nan')):.1f} |")
+        if kind != "uniform":
+            k = ks[0]
+            grown = realistic_codes.histogram(facts["kth"][k], 64)
+            real_k = realistic_codes.histogram(realistic_codes.kth_distances(facts["model"].parents,
+                                                                              facts["model"].queries[:nq], k), 64)
+            print(f"\nqueries' distance to their {k}-th neighbour: among the {len(facts['model'].parents):,} real "
+                  f"codes, and among the {n:,} grown codes tested here\n")
+            print(realistic_codes.histogram_table({"real codes": real_k, f"{n:,} grown codes": grown}, k))
