@@ -39,22 +39,30 @@ int main() {
     std::mt19937_64 rng(12345);
     int passed = 0, failed = 0;
     const int level = medhash::detect_level();
+    medhash::mih_patience().store(1e9);  // multi-index queries never give up here: the tables answer
     for (int64_t nb : {1, 2, 4, 8, 16, 24, 32, 40, 64}) {
         for (int64_t n : {0, 1, 7, 100, 1000, 5000}) {
             for (int distinct : {3, 256}) {   // few distinct byte values: many ties
                 std::vector<uint8_t> codes(n * nb), queries(4 * nb);
                 for (auto& c : codes) c = static_cast<uint8_t>(rng() % distinct);
                 for (auto& c : queries) c = static_cast<uint8_t>(rng() % distinct);
+                // multi-index tables (8-bit substrings) over the first 3/4 of the rows; the rest
+                // is the tail that search_multi scans
+                medhash::MultiIndex multi;
+                medhash::build_multi_index(multi, codes.data(), n - n / 4, nb, static_cast<int>(nb), 2);
                 std::vector<uint8_t> allow(n);
                 for (auto& a : allow) a = static_cast<uint8_t>(rng() % 3 != 0);
                 for (int64_t k : {int64_t{1}, int64_t{10}, n + 3}) {
                     for (bool masked : {false, true}) {
-                        for (int threads : {1, 2, 3}) {
+                        for (int threads : {1, 2, 3, -1, -2}) {  // negative: through the multi-index
                             std::vector<int64_t> rows(4 * k);
                             std::vector<int32_t> dists(4 * k);
                             medhash::SearchJob job{codes.data(), n, nb, queries.data(), 4, k,
                                                    masked ? allow.data() : nullptr, rows.data(), dists.data()};
-                            medhash::search(job, threads, level);
+                            if (threads > 0)
+                                medhash::search(job, threads, level);
+                            else
+                                medhash::search_multi(job, multi, -threads, level);
                             bool ok = true;
                             for (int64_t qi = 0; qi < 4; ++qi) {
                                 std::vector<int64_t> want_rows;
