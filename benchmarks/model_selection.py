@@ -29,6 +29,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "export"))
+from medhash_sdk.atomic import atomic_open  # noqa: E402  (after the sys.path lines)
 DATA_DIR = os.environ.get("MEDHASH_DATA", os.path.join(ROOT, "..", "shared", "data"))
 NIH = ["nih1000_64.npz", "nih_extra_128.npz"]
 OUT = os.path.join(ROOT, "benchmarks", "results", "model", "cv")
@@ -160,9 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                             continue
                     t = time.time()
                     rep = run(r, f, s, a.folds, a.fold_seed, cache)
-                    with open(path + ".tmp", "w") as fh:
+                    with atomic_open(path, "w") as fh:
                         json.dump(rep, fh, default=float)
-                    os.replace(path + ".tmp", path)
                     print(f"{r} fold {f} seed {s}: held-out mAP@100 {rep['rows']['model']['map']:.4f} "
                           f"(raw {rep['rows']['raw pixels']['map']:.4f}), AUROC {rep['mean_auroc']:.3f}, "
                           f"{time.time() - t:.0f} s", file=sys.stderr, flush=True)

@@ -63,6 +63,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from medhash_sdk.atomic import atomic_open  # noqa: E402  (after the sys.path line)
 
 DATA_DIR = os.environ.get("MEDHASH_DATA", os.path.join(ROOT, "..", "shared", "data"))
 DATASETS = {
@@ -148,10 +149,8 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
            "seconds": res.seconds, "history": res.history, "split": ds.info["split"],
            "data_fingerprint": ds.info["fingerprint"], "torch": torch.__version__,
            "train_images": int((trained_on.split == "train").sum()), "test_crop": crop}
-    tmp = job["path"] + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_open(job["path"], "w") as f:
         json.dump(out, f, indent=1, default=float)
-    os.replace(tmp, job["path"])
     return out
 
 
@@ -476,9 +475,8 @@ def archive_main(a: argparse.Namespace, argv: list[str] | None) -> int:
                     continue
                 t = time.time()
                 rep = archive_run(setting, name, seed)
-                with open(path + ".tmp", "w") as fh:
+                with atomic_open(path, "w") as fh:
                     json.dump(rep, fh, default=float)
-                os.replace(path + ".tmp", path)
                 print(f"{setting} {name} s{seed}: archive mAP@100 {rep['rows']['model']['map']:.4f} (raw pixels "
                       f"{rep['rows']['raw pixels']['map']:.4f}), mean AUROC {rep['mean_auroc']:.3f}, "
                       f"{time.time() - t:.0f} s", file=sys.stderr, flush=True)
