@@ -590,10 +590,7 @@ inline void search(const SearchJob& job, int threads, int level) {
         int32_t* out_d = job.out_dists + qi * job.k;
         merge_parts(merged_rows.data(), merged_dists.data(), nparts, kin, max_dist, out_r, out_d,
                     scratch);
-        for (int64_t i = kin; i < job.k; ++i) {
-            out_r[i] = -1;
-            out_d[i] = -1;
-        }
+        pad_results(out_r, out_d, kin, job.k);
     }
 }
 
@@ -691,10 +688,7 @@ inline void search_multi(const SearchJob& job, const MultiIndex& mi, int threads
                 tail.finish(part_rows.data() + kin, part_dists.data() + kin, kin);
                 merge_parts(part_rows.data(), part_dists.data(), 2, kin, max_dist, out_r, out_d,
                             merge_scratch);
-                for (int64_t i = kin; i < job.k; ++i) {
-                    out_r[i] = -1;
-                    out_d[i] = -1;
-                }
+                pad_results(out_r, out_d, kin, job.k);
             }
             done[static_cast<size_t>(qi)] = 1;
         }

@@ -23,6 +23,14 @@ struct Candidate {
     int32_t dist;
 };
 
+// Result slots [from, to) hold no row: row -1, distance -1.
+inline void pad_results(int64_t* rows, int32_t* dists, int64_t from, int64_t to) {
+    for (int64_t i = from; i < to; ++i) {
+        rows[i] = -1;
+        dists[i] = -1;
+    }
+}
+
 class TopK {
 public:
     // Prepare for a new query: k results wanted, distances in [0, max_dist]. Reuses capacity.
@@ -82,10 +90,7 @@ public:
                 ++written;
             }
         }
-        for (int64_t i = written; i < k_out; ++i) {
-            rows[i] = -1;
-            dists[i] = -1;
-        }
+        pad_results(rows, dists, written, k_out);
         return written;
     }
 
@@ -140,10 +145,7 @@ inline void merge_parts(const int64_t* part_rows, const int32_t* part_dists, int
                 ++written;
             }
         }
-    for (int64_t i = written; i < k; ++i) {
-        rows[i] = -1;
-        dists[i] = -1;
-    }
+    pad_results(rows, dists, written, k);
 }
 
 
@@ -193,10 +195,7 @@ public:
             rows[i] = buf_[static_cast<size_t>(i)].row;
             dists[i] = buf_[static_cast<size_t>(i)].dist;
         }
-        for (int64_t i = written; i < k_out; ++i) {
-            rows[i] = -1;
-            dists[i] = -1;
-        }
+        pad_results(rows, dists, written, k_out);
         return written;
     }
 
