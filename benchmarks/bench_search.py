@@ -413,7 +413,16 @@ def main(argv=None) -> int:
     return 0
 
 
+def results_name(argv=None) -> str:
+    """bench_search, or bench_search_multi_index_<sizes>_<data> for the multi-index section."""
+    a = parse_args(argv)
+    if not a.only_multi_index:
+        return "bench_search"
+    sizes = "_".join(f"{n // 1_000_000}M" if n % 1_000_000 == 0 else str(n) for n in a.sizes)
+    return f"bench_search_multi_index_{sizes}_{'_'.join(a.data)}"
+
+
 if __name__ == "__main__":
-    with recorded("bench_search_multi_index" if "--only-multi-index" in sys.argv else "bench_search"):
+    with recorded(results_name()):
         status = main()
     raise SystemExit(status)

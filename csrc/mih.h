@@ -40,7 +40,7 @@ inline uint64_t code_bits(const uint8_t* code, int begin, int len) {
 
 constexpr int kMaxSubstringBits = 32;
 constexpr int kMaxSubstrings = 64;  // so codes of up to 2048 bits
-constexpr uint32_t kPrefetchRows = 8;
+constexpr uint32_t kPrefetchRows = 32;
 constexpr int64_t kClockEvery = 512;  // units of work between two looks at the clock
 using Clock = std::chrono::steady_clock;  // rows of a bucket whose codes are requested ahead
 
