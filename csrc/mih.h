@@ -17,6 +17,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -40,15 +41,22 @@ inline uint64_t code_bits(const uint8_t* code, int begin, int len) {
 
 constexpr int kMaxSubstringBits = 32;
 constexpr int kMaxSubstrings = 64;  // so codes of up to 2048 bits
-constexpr uint32_t kPrefetchRows = 32;
+constexpr uint32_t kPrefetchRows = 32;  // rows of a bucket whose codes are requested ahead
 constexpr int64_t kClockEvery = 512;  // units of work between two looks at the clock
-using Clock = std::chrono::steady_clock;  // rows of a bucket whose codes are requested ahead
+constexpr int kLayoutCandidates = 32;  // bit layouts tried for 64-bit codes (choose_layout)
+constexpr int64_t kLayoutSample = 1 << 14;  // rows they are scored on
+constexpr int kLayoutHashBits = 16;
+using Clock = std::chrono::steady_clock;
 
 struct MultiIndex {
     int64_t nbytes = 0;
     int64_t n = 0;  // rows covered: [0, n); later rows are scanned
     int m = 0;
     std::vector<int> begin, len, hbits;          // per substring: first bit, width, bucket bits
+    // 8-byte codes: substring j is the bits of mask[j] (any bits of the little-endian word, in
+    // increasing order), not a range; gather[8 * j + b][byte] is what byte b adds to its value
+    std::vector<uint64_t> mask;
+    std::vector<std::array<uint32_t, 256>> gather;
     std::vector<std::vector<uint32_t>> offsets;  // per substring: 2^h + 1 bucket starts
     std::vector<std::vector<uint32_t>> rows;     // per substring: n rows, bucket by bucket, in row order
 
@@ -59,6 +67,15 @@ struct MultiIndex {
     // What a one-thread scan costs here, measured after the build (calibrate_multi_index in
     // hamming.h): a query gives up once it has spent half of a scan's time.
     double scan_ns_per_row = 0.0;
+
+    // Value of substring j of a code.
+    uint64_t value(int j, const uint8_t* code) const {
+        if (mask.empty()) return code_bits(code, begin[static_cast<size_t>(j)], len[static_cast<size_t>(j)]);
+        const std::array<uint32_t, 256>* g = gather.data() + 8 * j;
+        uint64_t v = 0;
+        for (int b = 0; b < 8; ++b) v |= g[b][code[b]];
+        return v;
+    }
 
     uint32_t bucket(int j, uint64_t value) const {
         const int h = hbits[static_cast<size_t>(j)];
@@ -85,6 +102,72 @@ inline int choose_substrings(int64_t nbits, int64_t n) {
     return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(m, nbits)));
 }
 
+// Make substring j of 8-byte codes the bits of masks[j] (disjoint, covering the word).
+inline void set_masks(MultiIndex& mi, const std::vector<uint64_t>& masks) {
+    mi.mask = masks;
+    mi.gather.assign(masks.size() * 8, {});
+    for (size_t j = 0; j < masks.size(); ++j) {
+        int at = 0;  // compact position of the next mask bit
+        for (int bit = 0; bit < 64; ++bit) {
+            if (!((masks[j] >> bit) & 1)) continue;
+            for (int byte = 0; byte < 256; ++byte)
+                if ((byte >> (bit & 7)) & 1) mi.gather[8 * j + static_cast<size_t>(bit >> 3)][static_cast<size_t>(byte)] |= uint32_t{1} << at;
+            ++at;
+        }
+    }
+}
+
+// Which bits make up each substring of 8-byte codes. Learned codes have skewed, correlated
+// bits, so a substring of neighbouring bits can take few values and its buckets crowd; the
+// layout that spreads a sample of the codes over the most values (least sum of squared value
+// counts, summed over substrings) wins among the contiguous ranges and kLayoutCandidates - 1
+// fixed pseudo-random permutations of the bits. On codes grown from the default model's
+// (benchmarks/realistic_codes.py, 10M) it cut the rows a query checks by a third.
+inline std::vector<uint64_t> choose_layout(const uint8_t* codes, int64_t n, const std::vector<int>& widths) {
+    const int64_t step = std::max<int64_t>(1, n / kLayoutSample);
+    std::vector<uint64_t> words;
+    for (int64_t r = 0; r < n; r += step) {
+        uint64_t w;
+        std::memcpy(&w, codes + 8 * r, 8);
+        words.push_back(w);
+    }
+    uint64_t state = 0x853C49E6748FEA9BULL;  // splitmix64: the same candidates every build
+    auto next = [&state] {
+        uint64_t z = (state += 0x9E3779B97F4A7C15ULL);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+        return z ^ (z >> 31);
+    };
+    std::vector<uint64_t> best;
+    double best_score = 0.0;
+    std::vector<uint32_t> counts(size_t{1} << kLayoutHashBits);
+    for (int c = 0; c < kLayoutCandidates; ++c) {
+        std::array<int, 64> perm;
+        for (int i = 0; i < 64; ++i) perm[static_cast<size_t>(i)] = i;
+        if (c > 0)
+            for (int i = 63; i > 0; --i) std::swap(perm[static_cast<size_t>(i)], perm[next() % static_cast<uint64_t>(i + 1)]);
+        std::vector<uint64_t> masks;
+        for (size_t j = 0, at = 0; j < widths.size(); ++j) {
+            uint64_t mk = 0;
+            for (int i = 0; i < widths[j]; ++i) mk |= uint64_t{1} << perm[at++];
+            masks.push_back(mk);
+        }
+        // sum of squared value counts, counted in a hashed table (a hash collision between two
+        // values adds about the same to every candidate's score)
+        double score = 0.0;
+        for (uint64_t mk : masks) {
+            std::fill(counts.begin(), counts.end(), 0);
+            for (uint64_t w : words) ++counts[((w & mk) * 0x9E3779B97F4A7C15ULL) >> (64 - kLayoutHashBits)];
+            for (uint32_t cnt : counts) score += static_cast<double>(cnt) * static_cast<double>(cnt);
+        }
+        if (c == 0 || score < best_score) {
+            best_score = score;
+            best = masks;
+        }
+    }
+    return best;
+}
+
 // Build the tables of rows [0, n) of codes. m: substrings (1..nbits, each <= 32 bits wide).
 inline void build_multi_index(MultiIndex& mi, const uint8_t* codes, int64_t n, int64_t nbytes,
                               int m, int threads) {
@@ -109,20 +192,21 @@ inline void build_multi_index(MultiIndex& mi, const uint8_t* codes, int64_t n, i
         mi.hbits[static_cast<size_t>(j)] = std::min(w, hmax);
         at += w;
     }
+    if (nbytes == 8) set_masks(mi, choose_layout(codes, n, mi.len));
+    else mi.mask.clear(), mi.gather.clear();
     auto build_table = [&](int j) {
-        const int b0 = mi.begin[static_cast<size_t>(j)], w = mi.len[static_cast<size_t>(j)];
         const size_t nb = size_t{1} << mi.hbits[static_cast<size_t>(j)];
         std::vector<uint32_t>& off = mi.offsets[static_cast<size_t>(j)];
         std::vector<uint32_t>& out = mi.rows[static_cast<size_t>(j)];
         off.assign(nb + 1, 0);
         out.resize(static_cast<size_t>(n));
         const uint8_t* p = codes;
-        for (int64_t r = 0; r < n; ++r, p += nbytes) ++off[mi.bucket(j, code_bits(p, b0, w)) + 1];
+        for (int64_t r = 0; r < n; ++r, p += nbytes) ++off[mi.bucket(j, mi.value(j, p)) + 1];
         for (size_t b = 0; b < nb; ++b) off[b + 1] += off[b];
         std::vector<uint32_t> cursor(off.begin(), off.end() - 1);
         p = codes;
         for (int64_t r = 0; r < n; ++r, p += nbytes)
-            out[cursor[mi.bucket(j, code_bits(p, b0, w))]++] = static_cast<uint32_t>(r);
+            out[cursor[mi.bucket(j, mi.value(j, p))]++] = static_cast<uint32_t>(r);
     };
     const int nthreads = std::max(1, std::min(threads, m));
     std::vector<std::thread> pool;
