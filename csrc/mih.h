@@ -200,13 +200,16 @@ inline void build_multi_index(MultiIndex& mi, const uint8_t* codes, int64_t n, i
         std::vector<uint32_t>& out = mi.rows[static_cast<size_t>(j)];
         off.assign(nb + 1, 0);
         out.resize(static_cast<size_t>(n));
+        std::vector<uint32_t> keys(static_cast<size_t>(n));  // each row's bucket, computed once
         const uint8_t* p = codes;
-        for (int64_t r = 0; r < n; ++r, p += nbytes) ++off[mi.bucket(j, mi.value(j, p)) + 1];
+        for (int64_t r = 0; r < n; ++r, p += nbytes) {
+            const uint32_t key = mi.bucket(j, mi.value(j, p));
+            keys[static_cast<size_t>(r)] = key;
+            ++off[key + 1];
+        }
         for (size_t b = 0; b < nb; ++b) off[b + 1] += off[b];
         std::vector<uint32_t> cursor(off.begin(), off.end() - 1);
-        p = codes;
-        for (int64_t r = 0; r < n; ++r, p += nbytes)
-            out[cursor[mi.bucket(j, mi.value(j, p))]++] = static_cast<uint32_t>(r);
+        for (int64_t r = 0; r < n; ++r) out[cursor[keys[static_cast<size_t>(r)]]++] = static_cast<uint32_t>(r);
     };
     const int nthreads = std::max(1, std::min(threads, m));
     std::vector<std::thread> pool;
