@@ -68,9 +68,10 @@ def _faiss_rows(codes: np.ndarray, queries: np.ndarray, ks: list[int], exact: di
 
 
 def bench(n: int, data_dir: Path, *, ks: list[int], nq: int, faiss_peers: bool, uniform: bool,
-          nbits: int = 64) -> tuple[list[dict], dict]:
+          encoder_model: str | None = None) -> tuple[list[dict], dict]:
     """Rows of the table for one (codes, n); facts for the text (fit, histograms, build)."""
-    model = realistic_codes.fit(data_dir)
+    model = realistic_codes.fit(data_dir, model=encoder_model)
+    nbits = model.parents.shape[1] * 8
     facts: dict = {"model": model}
     rng = np.random.default_rng(11)
     nbytes = nbits // 8
@@ -78,8 +79,6 @@ def bench(n: int, data_dir: Path, *, ks: list[int], nq: int, faiss_peers: bool, 
         codes = np.frombuffer(rng.bytes(n * nbytes), dtype=np.uint8).reshape(n, nbytes).copy()
         queries = np.frombuffer(rng.bytes(nq * nbytes), dtype=np.uint8).reshape(nq, nbytes).copy()
     else:
-        if nbits != model.parents.shape[1] * 8:
-            raise ValueError(f"the real codes have {model.parents.shape[1] * 8} bits, not {nbits}")
         codes = model.grow(n)
         queries = model.queries[:nq]
     idx = Index(nbits)
@@ -112,11 +111,16 @@ def bench(n: int, data_dir: Path, *, ks: list[int], nq: int, faiss_peers: bool, 
     return rows, facts
 
 
-def report(n: int, data_dir: Path, *, ks: list[int], nq: int, faiss_peers: bool, kinds: list[str]) -> None:
+def report(n: int, data_dir: Path, *, ks: list[int], nq: int, faiss_peers: bool, kinds: list[str],
+           encoder_model: str | None = None) -> None:
     for kind in kinds:
-        rows, facts = bench(n, data_dir, ks=ks, nq=nq, faiss_peers=faiss_peers, uniform=kind == "uniform")
+        rows, facts = bench(n, data_dir, ks=ks, nq=nq, faiss_peers=faiss_peers, uniform=kind == "uniform",
+                            encoder_model=encoder_model)
+        nbits = facts["model"].parents.shape[1] * 8
         scan = {r["k"]: r["ms"] for r in rows if r["engine"] == "medhash scan"}
-        print(f"\n### {kind} codes, {n:,} x 64 bit, one query, one thread ({nq} queries)\n")
+        print(f"\n### {kind} codes, {n:,} x {nbits} bit, one query, one thread ({nq} queries)\n")
+        if encoder_model:
+            print(f"real codes made by {encoder_model}")
         if kind != "uniform":
             print(realistic_codes.describe(facts["model"]))
         print(f"tables: substrings {facts['widths']}, {facts['memory'] / 2**20:.0f} MiB "
@@ -130,9 +134,9 @@ def report(n: int, data_dir: Path, *, ks: list[int], nq: int, faiss_peers: bool,
                   f"{r['recall']:.3f}{same} | {r.get('build_s', float('nan')):.1f} |")
         if kind != "uniform":
             k = ks[0]
-            grown = realistic_codes.histogram(facts["kth"][k], 64)
+            grown = realistic_codes.histogram(facts["kth"][k], nbits)
             real_k = realistic_codes.histogram(realistic_codes.kth_distances(facts["model"].parents,
-                                                                              facts["model"].queries[:nq], k), 64)
+                                                                              facts["model"].queries[:nq], k), nbits)
             print(f"\nqueries' distance to their {k}-th neighbour: among the {len(facts['model'].parents):,} real "
                   f"codes, and among the {n:,} grown codes tested here\n")
             print(realistic_codes.histogram_table({"real codes": real_k, f"{n:,} grown codes": grown}, k))

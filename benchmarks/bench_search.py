@@ -355,6 +355,8 @@ def parse_args(argv=None):
     p.add_argument("--mi-data", default=os.environ.get("MEDHASH_DATA", "../shared/data"),
                    help="the data folder the real codes come from")
     p.add_argument("--no-faiss-hash", action="store_true", help="multi-index section without faiss' hash indexes")
+    p.add_argument("--mi-model", help="multi-index section: the ONNX model whose codes are grown (default: the "
+                                      "bundled 64-bit one)")
     p.add_argument("--summarize", metavar="OUTPUT", help="only print the summary of a saved run's output")
     p.add_argument("--quick", action="store_true",
                    help="1M codes, k=10,100, a 60 s HNSW build cap: about 2 minutes once cached")
@@ -397,7 +399,8 @@ def main(argv=None) -> int:
         print("\n## Multi-index hashing (Index.build_multi_index) vs the exact scan and faiss' hash indexes")
         for n in args.sizes:
             report(n, Path(args.mi_data), ks=args.ks, nq=args.mi_queries, faiss_peers=not args.no_faiss_hash,
-                   kinds=[d for d in args.data if d in ("grown", "uniform")] or ["grown", "uniform"])
+                   kinds=[d for d in args.data if d in ("grown", "uniform")] or ["grown", "uniform"],
+                   encoder_model=args.mi_model)
         return 0
     print(f"medhash _hamming simd={_hamming.simd_level()}  faiss {faiss.__version__}  numpy {np.__version__}  "
           f"cpu={platform.processor() or platform.machine()}  cores={len(os.sched_getaffinity(0))}")
@@ -419,7 +422,8 @@ def results_name(argv=None) -> str:
     if not a.only_multi_index:
         return "bench_search"
     sizes = "_".join(f"{n // 1_000_000}M" if n % 1_000_000 == 0 else str(n) for n in a.sizes)
-    return f"bench_search_multi_index_{sizes}_{'_'.join(a.data)}"
+    bits = "" if a.mi_model is None else "_" + Path(a.mi_model).stem
+    return f"bench_search_multi_index_{sizes}_{'_'.join(a.data)}{bits}"
 
 
 if __name__ == "__main__":

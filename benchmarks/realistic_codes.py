@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-CACHE = Path(os.environ.get("MEDHASH_CACHE", Path.home() / ".cache" / "medhash")) / "realistic_codes_v1.npz"
+CACHE_DIR = Path(os.environ.get("MEDHASH_CACHE", Path.home() / ".cache" / "medhash"))
 
 
 def _radiographs(data: Path) -> list[np.ndarray]:
@@ -61,15 +61,18 @@ def _augment(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def real_codes(data: Path, augmentations: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(codes (n_images * (1 + augmentations), nbytes), image number of each row); cached."""
-    if CACHE.is_file():
-        with np.load(CACHE) as z:
-            if int(z["augmentations"]) == augmentations:
-                return z["codes"], z["image"]
+def real_codes(data: Path, augmentations: int = 2, seed: int = 0,
+               model: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(codes (n_images * (1 + augmentations), nbytes), image number of each row), made by
+    `model` (None: the bundled default); cached per model fingerprint."""
     from medhash_sdk import Encoder
 
-    enc = Encoder()
+    enc = Encoder(model)
+    cache = CACHE_DIR / f"realistic_codes_v1_{enc.fingerprint[:16]}.npz"
+    if cache.is_file():
+        with np.load(cache) as z:
+            if int(z["augmentations"]) == augmentations:
+                return z["codes"], z["image"]
     images = _radiographs(data)
     rng = np.random.default_rng(seed)
     batch = [im for im in images]
@@ -79,8 +82,8 @@ def real_codes(data: Path, augmentations: int = 2, seed: int = 0) -> tuple[np.nd
         owners.extend(range(len(images)))
     codes = enc.encode(batch, batch_size=256, show_progress_bar=True)
     image = np.asarray(owners, dtype=np.int64)
-    CACHE.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(CACHE, codes=codes, image=image, augmentations=augmentations)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, codes=codes, image=image, augmentations=augmentations)
     return codes, image
 
 
@@ -129,8 +132,9 @@ def histogram(d: np.ndarray, nbits: int) -> np.ndarray:
     return np.bincount(d, minlength=nbits + 1)[: nbits + 1] / max(1, len(d))
 
 
-def fit(data: Path, *, k: int = 10, augmentations: int = 2, query_fraction: float = 0.1, seed: int = 0) -> Model:
-    codes, image = real_codes(data, augmentations)
+def fit(data: Path, *, k: int = 10, augmentations: int = 2, query_fraction: float = 0.1, seed: int = 0,
+        model: str | None = None) -> Model:
+    codes, image = real_codes(data, augmentations, model=model)
     nbits = codes.shape[1] * 8
     n_images = int(image.max()) + 1
     rng = np.random.default_rng(seed)
@@ -180,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("MEDHASH_DATA", "../shared/data")))
     ap.add_argument("-k", type=int, default=10)
+    ap.add_argument("--model", help="ONNX model that encodes the radiographs (default: the bundled one)")
     args = ap.parse_args(argv)
-    model = fit(args.data, k=args.k)
+    model = fit(args.data, k=args.k, model=args.model)
     print(describe(model))
     print(histogram_table({"queries: real parents": model.real_hist, "queries: grown, same size": model.grown_hist,
                            "within: real parents": model.real_self, "within: grown": model.grown_self}, model.k))

@@ -91,12 +91,14 @@ struct MultiIndex {
     }
 };
 
-// Substrings for nbits-bit codes and n rows: about log2(n) bits each (the paper's rule), at
-// most 32 bits each, and few enough that the tables (4 bytes a row each, plus offsets) stay
+// Substrings for nbits-bit codes and n rows: at most log2(n) bits each (the paper's rule,
+// rounded towards more substrings), at most 32 bits each, and few enough that the tables (4 bytes a row each, plus offsets) stay
 // within the size of the codes plus int64 ids: m <= (nbytes + 8) / 4 - 1.
 inline int choose_substrings(int64_t nbits, int64_t n) {
     const double lg = std::max(8.0, std::log2(static_cast<double>(std::max<int64_t>(n, 2))));
-    int64_t m = static_cast<int64_t>(static_cast<double>(nbits) / lg + 0.5);
+    // rounded up: for 64-bit codes and 100M rows, rounding gives two 32-bit substrings, which
+    // were slower than three on codes grown from real ones (README, multi-index benchmark)
+    int64_t m = static_cast<int64_t>(std::ceil(static_cast<double>(nbits) / lg));
     m = std::min<int64_t>(m, (nbits / 8 + 8) / 4 - 1);
     m = std::max<int64_t>(m, (nbits + kMaxSubstringBits - 1) / kMaxSubstringBits);
     return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(m, nbits)));
