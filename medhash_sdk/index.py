@@ -446,24 +446,26 @@ class Index:
 
     def _current_multi(self, threads: int) -> Any:
         """The tables for a search, rebuilt first when remove() dropped them or when too many
-        rows were added since. Caller holds the read lock."""
+        rows were added since; while another search rebuilds them, None (scan). Caller holds
+        the read lock."""
         if self._multi_wanted is None:
             return None
         multi = self._multi
         n = len(self)
         if multi is not None and n - multi.rows <= multi.rows // 8:
             return multi
-        with self._multi_build:
+        if not self._multi_build.acquire(blocking=False):
+            return multi if multi is not None and multi.rows <= n else None  # another search rebuilds: scan
+        try:
             wanted, multi = self._multi_wanted, self._multi
             if wanted is None:
                 return None
             if multi is None or n - multi.rows > multi.rows // 8:
-                substrings = wanted[0]
-                if substrings is not None:  # the chosen count may not fit the new size
-                    substrings = min(substrings, self._nbits)
-                multi = _engine().build_multi_index(self._codes.data, substrings, threads)
+                multi = _engine().build_multi_index(self._codes.data, wanted[0], threads)
                 self._multi = multi
             return multi
+        finally:
+            self._multi_build.release()
 
     def build_approximate(self, *, connectivity: int = 16, expansion_add: int = 128,
                           expansion_search: int = 64, threads: int = 0) -> None:

@@ -209,3 +209,22 @@ def test_tables_memory_within_the_codes_and_ids():
     idx.add(rng.integers(0, 256, size=(200_000, 8), dtype=np.uint8))
     info = idx.build_multi_index()
     assert info.memory_bytes <= 16 * 200_000, info
+
+
+def test_concurrent_searches_while_the_tables_are_rebuilt():
+    """After remove(), the first search rebuilds the tables; searches that come meanwhile scan.
+    Every answer is the exact one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(9)
+    codes = clustered(rng, 60_000, 8)
+    idx = Index(64)
+    idx.add(codes)
+    idx.build_multi_index()
+    idx.remove(idx.ids[::5])
+    queries = codes[:64]
+    want = brute_force_search(queries, idx.codes, 10)[1]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda i: idx.search(queries[i], k=10, threads=1).distances, range(64)))
+    np.testing.assert_array_equal(np.stack(got), want)
+    assert idx.multi_index is not None and idx.multi_index.rows == len(idx)
