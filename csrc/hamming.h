@@ -619,10 +619,12 @@ inline MihFn select_mih(int level) {
     return &portable::mih_query;
 }
 
-// Time a one-thread scan of (up to) the first million rows, best of three, into
-// mi.scan_ns_per_row: what a query through the tables is measured against.
+// Time a one-thread scan of (up to) the first 256 MiB of codes, best of three, into
+// mi.scan_ns_per_row: what a query through the tables is measured against. Past the caches,
+// like the real scans of a large index (a cache-sized sample made it 4x too fast, so queries
+// gave up when they were still winning).
 inline void calibrate_multi_index(MultiIndex& mi, const uint8_t* codes, int level) {
-    const int64_t rows = std::min<int64_t>(mi.n, int64_t{1} << 20);
+    const int64_t rows = std::min<int64_t>(mi.n, (int64_t{256} << 20) / std::max<int64_t>(1, mi.nbytes));
     if (rows == 0) return;
     const ScanFn scan = select_scan(level, mi.nbytes);
     TopK st;
