@@ -28,6 +28,10 @@
 #include <thread>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 namespace medhash {
 
 // Bits [begin, begin + len) of a code, len <= 32. Bit b is bit b % 8 (least significant first)
@@ -171,6 +175,21 @@ inline std::vector<uint64_t> choose_layout(const uint8_t* codes, int64_t n, cons
     return best;
 }
 
+// Reserve a table's memory and ask Linux to back it with huge pages before it is touched:
+// queries read the tables at random places, and 4 KiB pages cost a TLB miss nearly every time.
+template <class T>
+inline void reserve_huge(std::vector<T>& v, size_t count) {
+    v.clear();
+    v.shrink_to_fit();
+    v.reserve(count);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    const uintptr_t page = uintptr_t{1} << 21;
+    const uintptr_t lo = (reinterpret_cast<uintptr_t>(v.data()) + page - 1) & ~(page - 1);
+    const uintptr_t hi = (reinterpret_cast<uintptr_t>(v.data()) + count * sizeof(T)) & ~(page - 1);
+    if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+#endif
+}
+
 // Build the tables of rows [0, n) of codes. m: substrings (1..nbits, each <= 32 bits wide).
 inline void build_multi_index(MultiIndex& mi, const uint8_t* codes, int64_t n, int64_t nbytes,
                               int m, int threads) {
@@ -201,7 +220,9 @@ inline void build_multi_index(MultiIndex& mi, const uint8_t* codes, int64_t n, i
         const size_t nb = size_t{1} << mi.hbits[static_cast<size_t>(j)];
         std::vector<uint32_t>& off = mi.offsets[static_cast<size_t>(j)];
         std::vector<uint32_t>& out = mi.rows[static_cast<size_t>(j)];
+        reserve_huge(off, nb + 1);
         off.assign(nb + 1, 0);
+        reserve_huge(out, static_cast<size_t>(n));
         out.resize(static_cast<size_t>(n));
         std::vector<uint32_t> keys(static_cast<size_t>(n));  // each row's bucket, computed once
         const uint8_t* p = codes;
