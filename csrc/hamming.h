@@ -598,8 +598,10 @@ inline void search(const SearchJob& job, int threads, int level) {
 // ---- multi-index hashing driver (tables and query: mih.h, mih_query.inc) ----
 
 // A query through the multi-index gives up after this fraction of a one-thread scan's time
-// (then scans: at most 1 + this fraction of a scan); a query that took more than half of it
-// makes the next queries skip the tables for a while (see MultiIndex::skip).
+// (then scans: at most 1 + this fraction of a scan); a query that took more than 9/10 of it
+// makes the next queries skip the tables for a while (see MultiIndex::skip). (At 1/2, the few
+// slow queries of clustered codes sent the next ones to the scan: 1.46 ms a query on the
+// grown 10M codes of benchmarks/realistic_codes.py, 1.39 ms at 9/10.)
 // Process-wide, changed only by tests (set_multi_index_patience).
 inline std::atomic<double>& mih_patience() {
     static std::atomic<double> v{1.0};
@@ -669,8 +671,8 @@ inline void search_multi(const SearchJob& job, const MultiIndex& mi, int threads
             found.reset(kin, max_dist);
             const Clock::time_point start = Clock::now();
             const int64_t work = query_fn(mi, job.codes, query, job.allow, start + patience, found);
-            if (work < 0 || (Clock::now() - start) * 2 > patience) {  // lost, or won too little
-                // gave up, or won too little: pause for the next queries, longer each time
+            if (work < 0 || (Clock::now() - start) * 10 > patience * 9) {
+                // gave up, or nearly lost: pause for the next queries, longer each time
                 const int b = mi.backoff.load(std::memory_order_relaxed);
                 mi.skip.store(b, std::memory_order_relaxed);
                 mi.backoff.store(std::min(64, 2 * b), std::memory_order_relaxed);

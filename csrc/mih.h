@@ -70,7 +70,7 @@ struct MultiIndex {
     mutable std::atomic<int> skip{0};
     mutable std::atomic<int> backoff{1};
     // What a one-thread scan costs here, measured after the build (calibrate_multi_index in
-    // hamming.h): a query gives up once it has spent half of a scan's time.
+    // hamming.h): a query gives up once it has spent a scan's time (mih_patience).
     double scan_ns_per_row = 0.0;
 
     // Value of substring j of a code.
