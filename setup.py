@@ -11,7 +11,7 @@ ext_modules = [
         "medhash_sdk._hamming",
         ["csrc/bindings.cpp"],
         include_dirs=["csrc"],
-        depends=["csrc/hamming.h", "csrc/hamming_scalar.inc", "csrc/mih.h", "csrc/mih_query.inc", "csrc/topk.h"],
+        depends=["csrc/hamming.h", "csrc/hamming_scalar.inc", "csrc/mih.h", "csrc/mih_query.inc", "csrc/threads.h", "csrc/topk.h"],
         cxx_std=17,
         extra_compile_args=["-O3"],
     ),

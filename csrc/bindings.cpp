@@ -152,11 +152,10 @@ std::unique_ptr<medhash::MultiIndex> build_multi_index(const py::object& codes_o
         throw py::value_error("a multi-index supports codes of at most " +
                               std::to_string(medhash::kMaxSubstrings * medhash::kMaxSubstringBits) + " bits, got " +
                               std::to_string(nbits) + ": search this index with the scan");
-    const int64_t lo = (nbits + medhash::kMaxSubstringBits - 1) / medhash::kMaxSubstringBits;
-    const int64_t hi = std::min<int64_t>(nbits, medhash::kMaxSubstrings);
+    const auto [lo, hi] = medhash::substring_range(nbits);
     int64_t m = 0;
     if (substrings_obj.is_none()) {
-        m = std::min<int64_t>(hi, std::max<int64_t>(lo, medhash::choose_substrings(nbits, n)));
+        m = medhash::choose_substrings(nbits, n);
     } else {
         m = check_int(substrings_obj, "substrings", 1);
         if (m < lo || m > hi)
@@ -220,11 +219,9 @@ PYBIND11_MODULE(_hamming, m) {
           py::arg("threads") = 1,
           R"doc(Multi-index hashing tables over every row of codes (uint8 (n, nbytes), C-contiguous).
 
-substrings: None (about log2(n) bits each) or how many bit ranges to cut a code into, each
-at most 32 bits. Pass the result to search(..., multi_index=...) with the same codes, or
+substrings: None (at most log2(n) bits each) or how many groups of bits to cut a code into,
+each at most 32 bits. Pass the result to search(..., multi_index=...) with the same codes, or
 with codes that have more rows appended (they are scanned).)doc");
-    m.def("multi_index_last_work", [] { return medhash::g_mih_last_work.load(); },
-          "Work (bucket probes + rows checked) of the last query answered through a multi-index. For benchmarks.");
     m.def("set_multi_index_patience", [](double v) {
         if (!(v >= 0.0 && v <= 1e6)) throw py::value_error("patience must be between 0 and 1e6, got " + std::to_string(v));
         return medhash::mih_patience().exchange(v);

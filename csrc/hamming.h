@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "mih.h"
+#include "threads.h"
 #include "topk.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -483,43 +484,6 @@ inline std::atomic<int64_t>& min_split_bytes() {
 }
 constexpr int64_t kMaxQueryBlock = 32;
 
-template <class F>
-inline void run_threads(int nthreads, F&& work) {
-    if (nthreads <= 1) {
-        work(0);
-        return;
-    }
-    std::vector<std::exception_ptr> errors(static_cast<size_t>(nthreads));
-    std::vector<std::thread> pool;
-    pool.reserve(static_cast<size_t>(nthreads - 1));
-    for (int t = 1; t < nthreads; ++t) {
-        try {
-            pool.emplace_back([&, t] {
-                try {
-                    work(t);
-                } catch (...) {
-                    errors[static_cast<size_t>(t)] = std::current_exception();
-                }
-            });
-        } catch (...) {  // could not start a thread: do its share here
-            errors[static_cast<size_t>(t)] = nullptr;
-            try {
-                work(t);
-            } catch (...) {
-                errors[static_cast<size_t>(t)] = std::current_exception();
-            }
-        }
-    }
-    try {
-        work(0);
-    } catch (...) {
-        errors[0] = std::current_exception();
-    }
-    for (std::thread& th : pool) th.join();
-    for (const std::exception_ptr& e : errors)
-        if (e) std::rethrow_exception(e);
-}
-
 // The whole search. Call without the GIL; touches only the job's memory and thread scratch.
 inline void search(const SearchJob& job, int threads, int level) {
     const int64_t total = job.nq * job.k;
@@ -608,8 +572,6 @@ inline std::atomic<double>& mih_patience() {
     return v;
 }
 
-inline std::atomic<int64_t> g_mih_last_work{0};  // for benchmarks: work of the last query
-
 using MihFn = int64_t (*)(const MultiIndex&, const uint8_t*, const uint8_t*, const uint8_t*,
                           Clock::time_point, UnorderedTopK&);
 
@@ -680,7 +642,6 @@ inline void search_multi(const SearchJob& job, const MultiIndex& mi, int threads
             } else {
                 mi.backoff.store(1, std::memory_order_relaxed);
             }
-            g_mih_last_work.store(work, std::memory_order_relaxed);
             int64_t* out_r = job.out_rows + qi * job.k;
             int32_t* out_d = job.out_dists + qi * job.k;
             if (mi.n == job.n) {

@@ -1,7 +1,9 @@
 // Multi-index hashing (Norouzi, Punjani, Fleet, TPAMI 2014): exact k-NN in Hamming space that
-// reads only the rows near the query. See docs/search.md for the algorithm and its measurements.
+// reads only the rows near the query. docs/architecture.md describes the algorithm, the README
+// its measurements.
 //
-// A code of b bits is cut into m disjoint substrings (bit ranges). If a row is at distance d
+// A code of b bits is cut into m disjoint substrings (bit ranges; for 8-byte codes, any bits:
+// choose_layout). If a row is at distance d
 // from the query, some substring is within floor(d / m) of the query's substring (pigeonhole).
 // Each substring has a table: the rows bucketed by their substring value. A query probes, for
 // radius r = 0, 1, 2, ..., every value at distance r in each substring's table, computes the
@@ -22,11 +24,11 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
-#include <exception>
-#include <stdexcept>
-#include <string>
-#include <thread>
+#include <cstring>
+#include <utility>
 #include <vector>
+
+#include "threads.h"
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -65,8 +67,8 @@ struct MultiIndex {
     std::vector<std::vector<uint32_t>> offsets;  // per substring: 2^h + 1 bucket starts
     std::vector<std::vector<uint32_t>> rows;     // per substring: n rows, bucket by bucket, in row order
 
-    // Adaptive fallback: after a query gives up (too much work, e.g. uniform codes), the next
-    // `skip` queries go straight to the scan; the pause doubles with each give-up (<= 64).
+    // Adaptive fallback: after a query gives up or nearly loses (e.g. uniform codes), the next
+    // `skip` queries go straight to the scan; the pause doubles each time (<= 64).
     mutable std::atomic<int> skip{0};
     mutable std::atomic<int> backoff{1};
     // What a one-thread scan costs here, measured after the build (calibrate_multi_index in
@@ -96,17 +98,23 @@ struct MultiIndex {
     }
 };
 
+// How many substrings nbits-bit codes may be cut into: each at most 32 bits, at least 1 bit.
+inline std::pair<int64_t, int64_t> substring_range(int64_t nbits) {
+    return {(nbits + kMaxSubstringBits - 1) / kMaxSubstringBits, std::min<int64_t>(nbits, kMaxSubstrings)};
+}
+
 // Substrings for nbits-bit codes and n rows: at most log2(n) bits each (the paper's rule,
-// rounded towards more substrings), at most 32 bits each, and few enough that the tables (4 bytes a row each, plus offsets) stay
-// within the size of the codes plus int64 ids: m <= (nbytes + 8) / 4 - 1.
+// rounded towards more substrings), and few enough that the tables (4 bytes a row each, plus
+// offsets) stay within the size of the codes plus int64 ids: m <= (nbytes + 8) / 4 - 1; always
+// within substring_range().
 inline int choose_substrings(int64_t nbits, int64_t n) {
     const double lg = std::max(8.0, std::log2(static_cast<double>(std::max<int64_t>(n, 2))));
     // rounded up: for 64-bit codes and 100M rows, rounding gives two 32-bit substrings, which
     // were slower than three on codes grown from real ones (README, multi-index benchmark)
     int64_t m = static_cast<int64_t>(std::ceil(static_cast<double>(nbits) / lg));
     m = std::min<int64_t>(m, (nbits / 8 + 8) / 4 - 1);
-    m = std::max<int64_t>(m, (nbits + kMaxSubstringBits - 1) / kMaxSubstringBits);
-    return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(m, nbits)));
+    const auto [lo, hi] = substring_range(nbits);
+    return static_cast<int>(std::min<int64_t>(hi, std::max<int64_t>(lo, m)));
 }
 
 // Make substring j of 8-byte codes the bits of masks[j] (disjoint, covering the word).
@@ -236,26 +244,9 @@ inline void build_multi_index(MultiIndex& mi, const uint8_t* codes, int64_t n, i
         for (int64_t r = 0; r < n; ++r) out[cursor[keys[static_cast<size_t>(r)]]++] = static_cast<uint32_t>(r);
     };
     const int nthreads = std::max(1, std::min(threads, m));
-    std::vector<std::thread> pool;
-    std::vector<std::exception_ptr> errors(static_cast<size_t>(nthreads));
-    auto work = [&](int t) {
-        try {
-            for (int j = t; j < m; j += nthreads) build_table(j);
-        } catch (...) {
-            errors[static_cast<size_t>(t)] = std::current_exception();
-        }
-    };
-    for (int t = 1; t < nthreads; ++t) {
-        try {
-            pool.emplace_back(work, t);
-        } catch (...) {
-            work(t);
-        }
-    }
-    work(0);
-    for (std::thread& th : pool) th.join();
-    for (const std::exception_ptr& e : errors)
-        if (e) std::rethrow_exception(e);
+    run_threads(nthreads, [&](int t) {
+        for (int j = t; j < m; j += nthreads) build_table(j);
+    });
 }
 
 }  // namespace medhash

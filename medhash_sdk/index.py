@@ -75,7 +75,7 @@ class SearchResult:
 class MultiIndexInfo:
     """What Index.build_multi_index() built.
 
-    substrings: how many bit ranges a code is cut into; widths: their widths in bits.
+    substrings: how many groups of bits a code is cut into; widths: their sizes in bits.
     rows: rows the tables cover (rows added later are scanned until the next rebuild).
     memory_bytes: size of the tables. build_seconds: time the build took.
     """
@@ -406,8 +406,8 @@ class Index:
         the rows near each query instead of every row. Results stay exactly those of the scan,
         ties and allow/deny included.
 
-        substrings: how many bit ranges (each <= 32 bits) a code is cut into; None chooses
-        about log2(len(index)) bits each. threads: cores for the build (0: all).
+        substrings: how many groups of bits (each <= 32 bits) a code is cut into; None
+        chooses at most log2(len(index)) bits each. threads: cores for the build (0: all).
         search() uses the tables for a query when they find its answer with less work than a
         scan would take, else scans: on codes without near neighbours (e.g. uniform random)
         the tables are tried now and then and cost little. Rows added later are scanned
@@ -419,10 +419,7 @@ class Index:
         if substrings is not None:
             substrings = check_int("substrings", substrings)
         threads = check_int("threads", threads, minimum=0, hint=_THREADS_HINT) or available_cpus()
-        with self._lock.read():
-            if self._nbits > 2048:
-                raise ValueError(f"multi-index hashing supports codes of at most 2048 bits, this index holds "
-                                 f"{self._nbits}-bit codes: search with the scan")
+        with self._lock.read():  # the engine refuses codes over 2048 bits, saying why
             t0 = time.perf_counter()
             with self._multi_build:
                 multi = _engine().build_multi_index(self._codes.data, substrings, threads)
@@ -444,6 +441,11 @@ class Index:
         multi = self._multi
         return None if multi is None else self._multi_info(multi, 0.0)
 
+    @staticmethod
+    def _multi_stale(multi: Any, n: int) -> bool:
+        """Dropped (by remove()), or the rows added since the build are over 1/8 of those it covers."""
+        return multi is None or n - multi.rows > multi.rows // 8
+
     def _current_multi(self, threads: int) -> Any:
         """The tables for a search, rebuilt first when remove() dropped them or when too many
         rows were added since; while another search rebuilds them, None (scan). Caller holds
@@ -452,7 +454,7 @@ class Index:
             return None
         multi = self._multi
         n = len(self)
-        if multi is not None and n - multi.rows <= multi.rows // 8:
+        if not self._multi_stale(multi, n):
             return multi
         if not self._multi_build.acquire(blocking=False):
             return multi if multi is not None and multi.rows <= n else None  # another search rebuilds: scan
@@ -460,7 +462,7 @@ class Index:
             wanted, multi = self._multi_wanted, self._multi
             if wanted is None:
                 return None
-            if multi is None or n - multi.rows > multi.rows // 8:
+            if self._multi_stale(multi, n):
                 multi = _engine().build_multi_index(self._codes.data, wanted[0], threads)
                 self._multi = multi
             return multi
