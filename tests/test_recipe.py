@@ -95,6 +95,29 @@ def test_one_epoch_with_the_contrastive_term(on):
         TrainConfig(contrastive=1.0, contrastive_on="pixels")
 
 
+def test_weight_average_is_what_training_returns():
+    """With ema > 0 the returned network is the running average of the weights, not the last
+    step's (which two seeded runs without it reproduce exactly)."""
+    rng = np.random.default_rng(1)
+    n = 32
+    imgs = [rng.integers(0, 256, (32, 32), dtype=np.uint8) for _ in range(n)]
+    y = np.zeros((n, 2), np.uint8)
+    y[np.arange(n), np.arange(n) % 2] = 1
+    ds = ImageSet(imgs, y, ["a", "No Finding"], np.array([f"i{i}" for i in range(n)]),
+                  np.array([f"p{i}" for i in range(n)]), np.array(["train"] * n))
+    base = dict(method="dpsh-bce", nbits=16, input_size=32, width=0.125, epochs=2, batch_size=16, progress=False)
+    plain = train(TrainConfig(**base), ds, log=lambda s: None).model.state_dict()
+    again = train(TrainConfig(**base), ds, log=lambda s: None).model.state_dict()
+    avg = train(TrainConfig(**base, ema=0.5), ds, log=lambda s: None).model.state_dict()
+    assert plain.keys() == avg.keys()
+    w = "hash.weight"
+    assert torch.equal(plain[w], again[w])           # same seed, same weights: the comparison below means something
+    assert not torch.allclose(plain[w], avg[w])      # the average, not the last step
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="ema"):
+            TrainConfig(ema=bad)
+
+
 def test_train_recipe_flag_and_explicit_overrides():
     import argparse
 

@@ -63,6 +63,9 @@ def register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--contrastive-on", choices=("codes", "features"), default="codes",
                    help="NT-Xent on the code logits (default) or on a projection head of the pooled features")
     p.add_argument("--temperature", type=float, default=0.2, help="NT-Xent temperature (default 0.2)")
+    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="keep an exponential moving average of the weights (per-step decay, e.g. 0.99) and "
+                        "validate, keep and export it (default 0: off)")
     p.add_argument("--balanced", action="store_true", help="class-balanced batches instead of uniform ones")
     p.add_argument("--pretrain-data", nargs="+", default=(), metavar="NPZ",
                    help="SimCLR-pretrain the backbone on these .npz files' images first (their 'test' split "
@@ -105,7 +108,7 @@ def train_settings(args: argparse.Namespace) -> dict:
                  width=args.width, warmup_epochs=args.warmup_epochs, seed=args.seed, device=args.device,
                  backbone_weights=args.backbone_weights, progress=not args.no_progress,
                  local_scale=args.local_scale, box_jitter=args.box_jitter, min_evidence=args.min_evidence,
-                 contrastive=args.contrastive, contrastive_on=args.contrastive_on, temperature=args.temperature,
+                 contrastive=args.contrastive, contrastive_on=args.contrastive_on, temperature=args.temperature, ema=args.ema,
                  balanced=args.balanced, pixel_bits=args.pixel_bits, pretrain_data=tuple(args.pretrain_data),
                  pretrain_epochs=args.pretrain_epochs)
     import os

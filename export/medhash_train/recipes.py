@@ -43,6 +43,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     # paediatric films without its test split, and the adult COVID-19 films): no NIH image, so no
     # held-out fold or collection is ever seen, even unlabelled
     "con-features-pre": dict(_FEAT, pretrain_data=list(PRETRAIN_DATA), pretrain_epochs=30),
+    # the two that each helped in cross-validation, together
+    "con-features-pre-128b": dict(_FEAT, nbits=128, pretrain_data=list(PRETRAIN_DATA), pretrain_epochs=30),
+    "con-features-pre-128b-ema": dict(_FEAT, nbits=128, pretrain_data=list(PRETRAIN_DATA), pretrain_epochs=30,
+                                      ema=0.99),
     "paper": dict(method="attention", nbits=64, input_size=64, width=0.5, epochs=60, batch_size=64, lr=1e-3,
                   box_jitter=1.0, min_evidence=0.1),
 }

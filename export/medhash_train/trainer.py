@@ -78,6 +78,7 @@ class TrainConfig:
     pretrain_epochs: int = 0         # > 0: pretrain (medhash_train.contrastive) unless backbone_weights is set
     pretrain_cache: str | None = None     # folder where pretrained backbones are kept and reused
     recipe: str | None = None        # the medhash_train.recipes name it started from (recorded only)
+    ema: float = 0.0                 # > 0: keep (and return) an exponential moving average of the weights, this decay per step
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -104,6 +105,8 @@ class TrainConfig:
             raise ValueError(f"contrastive_on must be one of {CONTRASTIVE_ON}, got {self.contrastive_on!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema is a per-step decay in [0, 1), e.g. 0.99; got {self.ema}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
 
@@ -232,6 +235,13 @@ def train(cfg: TrainConfig, ds: ImageSet, log: Callable[[str], None] | None = No
         opt, lambda s: min(1.0, (s + 1) / max(1, steps_per_epoch)) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     warm = cfg.resolved_warmup
+    # The weight average (if any) is what is validated, reported and returned: the raw weights only train.
+    ema = None
+    if cfg.ema > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+    scored = model if ema is None else ema.module
     amp = dev.type == "cuda"
 
     best: dict[str, Any] = {"epoch": -1, "score": -1.0, "state": None, "val": {}}
@@ -272,20 +282,22 @@ def train(cfg: TrainConfig, ds: ImageSet, log: Callable[[str], None] | None = No
             loss.backward()
             opt.step()
             sched.step()
+            if ema is not None:
+                ema.update_parameters(model)
             run_loss += loss.detach()
         rec: dict[str, Any] = {"epoch": epoch + 1, "loss": float(run_loss) / max(1, steps_per_epoch),
                                "crop": bool(epoch >= warm) if net_cfg.use_local else None}
         if x_va is not None and epoch >= warm:
-            model.set_crop(True)
-            db = torch_codes(model, x_tr if dev.type == "cuda" else torch.from_numpy(x_all[tr]))
-            q = torch_codes(model, x_va)
+            scored.set_crop(True)
+            db = torch_codes(scored, x_tr if dev.type == "cuda" else torch.from_numpy(x_all[tr]))
+            q = torch_codes(scored, x_va)
             fig = code_figures(q, db, ds.labels[va], ds.labels[tr], k=cfg.val_k, seeds=(0,))
             rec["val_map"] = fig[f"map@{cfg.val_k}"]
             if rec["val_map"] > best["score"]:
                 best = {"epoch": epoch + 1, "score": rec["val_map"], "val": fig,
-                        "state": copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})}
+                        "state": copy.deepcopy({k: v.detach().cpu() for k, v in scored.state_dict().items()})}
         if on_epoch is not None:
-            extra = on_epoch(epoch + 1, model)
+            extra = on_epoch(epoch + 1, scored)
             if extra:
                 rec.update(extra)
         history.append(rec)
@@ -296,7 +308,7 @@ def train(cfg: TrainConfig, ds: ImageSet, log: Callable[[str], None] | None = No
         bar.close()
     if best["state"] is None:   # no validation split: keep the last epoch
         best = {"epoch": cfg.epochs, "score": float("nan"), "val": {},
-                "state": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+                "state": {k: v.detach().cpu() for k, v in scored.state_dict().items()}}
         log(f"no validation split: keeping the last epoch ({cfg.epochs})")
     else:
         log(f"chose epoch {best['epoch']} of {cfg.epochs} on the validation split "

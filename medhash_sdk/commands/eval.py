@@ -1,4 +1,4 @@
-"""`medhash eval --model MODEL --data PATH [--split test|all] [--k 100] [--json]`.
+"""`medhash eval [--model MODEL] --data PATH [--split test|all] [--k 100] [--json]`.
 
 Headline: the unseen-archive protocol (docs/model.md, "Protocol"). The held-out images are the
 archive: each is a query ranked, by Hamming distance, against every image of the OTHER
@@ -31,7 +31,7 @@ from .arguments import int_at_least, positive_int
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="retrieval mAP@K / NDCG@K of an exported model on a dataset",
                        description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="exported .onnx model")
+    p.add_argument("--model", default=None, help="exported .onnx model (default: the bundled default model)")
     p.add_argument("--data", required=True, nargs="+", metavar="PATH", help="same formats as `medhash train`")
     p.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
                    help="held-out images: a split of the model's recorded split rule (default test), or all: "
@@ -46,8 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..encoder import default_model_path
     from ..evaluation import evaluate_file
-    res = evaluate_file(args.model, args.data, split=args.split, k=args.k,
+    model = default_model_path() if args.model is None else args.model
+    res = evaluate_file(model, args.data, split=args.split, k=args.k,
                         seeds=tuple(range(max(1, args.tie_seeds))), batch_size=args.batch_size, n_boot=args.bootstrap)
     if args.json:
         print(json.dumps(res, sort_keys=True))
