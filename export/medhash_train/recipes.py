@@ -47,6 +47,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     "con-features-pre-128b": dict(_FEAT, nbits=128, pretrain_data=list(PRETRAIN_DATA), pretrain_epochs=30),
     "con-features-pre-128b-ema": dict(_FEAT, nbits=128, pretrain_data=list(PRETRAIN_DATA), pretrain_epochs=30,
                                       ema=0.99),
+    "con-features-pre-256b-ema": dict(_FEAT, nbits=256, pretrain_data=list(PRETRAIN_DATA), pretrain_epochs=30,
+                                      ema=0.99),
+    "con-features-pre-128b-ema0.995": dict(_FEAT, nbits=128, pretrain_data=list(PRETRAIN_DATA), pretrain_epochs=30,
+                                           ema=0.995),
     "paper": dict(method="attention", nbits=64, input_size=64, width=0.5, epochs=60, batch_size=64, lr=1e-3,
                   box_jitter=1.0, min_evidence=0.1),
 }
