@@ -443,11 +443,43 @@ struct SearchJob {
 // Per-thread scratch, reused across calls made from the same thread.
 struct Scratch {
     std::vector<TopK> states;
+    TopK sample;
 };
 
 inline Scratch& thread_scratch() {
     thread_local Scratch s;
     return s;
+}
+
+// One query asking for many results (k >= kSeedMinK): most of what its scan costs above the
+// memory floor is offering the rows that pass a still-high threshold, about k ln(n / k) of them.
+// kSeedBlocks evenly spaced blocks of rows (together kSeedRowsPerK * n / k rows) give a sample
+// whose kSeedRank-th smallest distance D is, with high probability, at or above the k-th
+// smallest of the whole range (about kSeedRank / kSeedRowsPerK = 2k rows are expected at or
+// below it). The scan then accepts only distances <= D from its first row; in the rare case that
+// fewer than k rows pass, it searches again without the limit, so the answer is always exact.
+constexpr int64_t kSeedMinK = 128;
+constexpr int64_t kSeedRowsPerK = 32;
+constexpr int64_t kSeedRank = 64;
+constexpr int64_t kSeedBlocks = 64;
+
+// D as above for rows [r0, r1), or -1 where no limit should be used (a small range, or a sample
+// whose allowed rows are fewer than kSeedRank).
+inline int sampled_limit(const SearchJob& job, ScanFn scan, const uint8_t* query, int64_t r0, int64_t r1,
+                         int64_t kin, TopK& sample) {
+    const int64_t n = r1 - r0;
+    if (kin < kSeedMinK || n < 4 * kSeedRowsPerK * kin) return -1;
+    const int64_t per_block = ((kSeedRowsPerK * n / kin / kSeedBlocks) + 63) & ~int64_t{63};
+    const int64_t stride = n / kSeedBlocks;
+    sample.reset(kSeedRank, static_cast<int>(job.nbytes * 8));
+    for (int64_t b = 0; b < kSeedBlocks; ++b) {
+        const int64_t b0 = r0 + b * stride;
+        scan(job.codes, job.nbytes, b0, std::min(r1, b0 + per_block), query, sample, job.allow);
+    }
+    int64_t rows[kSeedRank];
+    int32_t dists[kSeedRank];
+    if (sample.finish(rows, dists, kSeedRank) < kSeedRank) return -1;
+    return dists[kSeedRank - 1];
 }
 
 // Queries [q0, q1) over rows [r0, r1), written with row stride k into rows / dists.
@@ -461,15 +493,24 @@ inline void run_block(const SearchJob& job, ScanFn scan, int64_t q0, int64_t q1,
     const int max_dist = static_cast<int>(job.nbytes * 8);
     for (int64_t i = 0; i < nqb; ++i) s.states[static_cast<size_t>(i)].reset(kin, max_dist);
     if (nqb == 1) {
-        scan(job.codes, job.nbytes, r0, r1, job.queries + q0 * job.nbytes, s.states[0], job.allow);
-    } else {
-        const int64_t chunk = std::max<int64_t>(64, (int64_t{48} * 1024 / job.nbytes) & ~int64_t{63});
-        for (int64_t c0 = r0; c0 < r1; c0 += chunk) {
-            const int64_t c1 = std::min(r1, c0 + chunk);
-            for (int64_t i = 0; i < nqb; ++i)
-                scan(job.codes, job.nbytes, c0, c1, job.queries + (q0 + i) * job.nbytes,
-                     s.states[static_cast<size_t>(i)], job.allow);
+        const uint8_t* query = job.queries + q0 * job.nbytes;
+        TopK& st = s.states[0];
+        const int limit = sampled_limit(job, scan, query, r0, r1, kin, s.sample);
+        if (limit >= 0) st.limit(limit + 1);
+        scan(job.codes, job.nbytes, r0, r1, query, st, job.allow);
+        if (st.finish(rows, dists, job.k) < kin && limit >= 0) {  // fewer than k rows passed: again, in full
+            st.reset(kin, max_dist);
+            scan(job.codes, job.nbytes, r0, r1, query, st, job.allow);
+            st.finish(rows, dists, job.k);
         }
+        return;
+    }
+    const int64_t chunk = std::max<int64_t>(64, (int64_t{48} * 1024 / job.nbytes) & ~int64_t{63});
+    for (int64_t c0 = r0; c0 < r1; c0 += chunk) {
+        const int64_t c1 = std::min(r1, c0 + chunk);
+        for (int64_t i = 0; i < nqb; ++i)
+            scan(job.codes, job.nbytes, c0, c1, job.queries + (q0 + i) * job.nbytes,
+                 s.states[static_cast<size_t>(i)], job.allow);
     }
     for (int64_t i = 0; i < nqb; ++i)
         s.states[static_cast<size_t>(i)].finish(rows + i * job.k, dists + i * job.k, job.k);

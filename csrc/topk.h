@@ -51,6 +51,11 @@ public:
     // Rows with distance < threshold() may still enter the result.
     int threshold() const { return threshold_; }
 
+    // Accept only rows with distance < t from now on (call right after reset). If fewer than k
+    // rows then pass, finish() writes fewer than k results and the caller must search again
+    // without the limit.
+    void limit(int t) { threshold_ = std::max(0, std::min(threshold_, t)); }
+
     // Offer a row whose distance is < threshold(); rows must come in increasing order.
     void push(int64_t row, int dist) {
         buf_.push_back(Candidate{row, dist});

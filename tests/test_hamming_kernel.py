@@ -165,6 +165,42 @@ def test_streaming_scan_over_a_mebibyte(level_guard, level, nbytes):
             assert_same(H.search(codes, queries[:1], k, 1, m), brute_force_search(queries[:1], codes, k, m))
 
 
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("nbytes", [8, 16, 32])
+def test_many_results_with_a_sampled_threshold(level_guard, level, nbytes):
+    """One query with k >= 128 over >= 128 k rows starts its scan with a threshold taken from
+    a sample of the rows (hamming.h, sampled_limit): answers, ties and masks stay exact."""
+    rng = np.random.default_rng(nbytes + 7)
+    n = 200_000
+    H.set_simd_level(level)
+    for distinct in (None, 3_000):
+        codes = make_codes(rng, n, nbytes, distinct)
+        query = codes[[12_345]].copy()
+        for k in (128, 300, 1_000, 1_500):
+            for m in (None, rng.random(n) < 0.5, rng.random(n) < 0.02):
+                assert_same(H.search(codes, query, k, 1, m), brute_force_search(query, codes, k, m))
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_sampled_threshold_too_low_searches_again(level_guard, level):
+    """Rows laid out so that the sample sees only near rows: one row at distance 1 at the start
+    of each of the 64 sampled blocks, every other row far. The sample's 64th distance is 1, so
+    only 64 rows pass that threshold, fewer than k = 128: the engine must search again without
+    it, or the answer would end in -1 padding instead of the 64 nearest far rows."""
+    rng = np.random.default_rng(3)
+    n, k = 64 * 4096, 128
+    query = np.zeros((1, 8), np.uint8)
+    codes = rng.integers(0, 256, (n, 8), dtype=np.uint8)
+    codes[np.unpackbits(codes, axis=1).sum(1) < 16] = 0xFF      # every other row far (>= 16 bits)
+    near = np.arange(64) * (n // 64)
+    codes[near] = 0
+    codes[near, 0] = 1                                          # distance 1
+    H.set_simd_level(level)
+    want = brute_force_search(query, codes, k)
+    assert (want[1][0] == 1).sum() == 64 and (want[1][0] >= 16).sum() == 64
+    assert_same(H.search(codes, query, k, 1, None), want)
+
+
 def test_default_split_on_large_input():
     """Over 4 MiB of codes a single query is split across threads by default."""
     rng = np.random.default_rng(11)
