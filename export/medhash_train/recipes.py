@@ -21,6 +21,10 @@ _PLAIN: dict[str, Any] = dict(method="dpsh-bce", nbits=64, input_size=64, width=
                               lr=1e-3)
 _CON: dict[str, Any] = dict(_PLAIN, contrastive=1.0, contrastive_on="codes")
 _FEAT: dict[str, Any] = dict(_PLAIN, contrastive=1.0, contrastive_on="features")
+# SimCLR pretraining of the backbone on the radiographs that carry no NIH label (Kermany's
+# paediatric films without its test split, and the adult COVID-19 films): no NIH image, so no
+# held-out fold or collection is ever seen, even unlabelled
+_PRE: dict[str, Any] = dict(_FEAT, pretrain_data=list(PRETRAIN_DATA), pretrain_epochs=30)
 
 RECIPES: dict[str, dict[str, Any]] = {
     "plain": _PLAIN,
@@ -39,18 +43,12 @@ RECIPES: dict[str, dict[str, Any]] = {
     "con-features-w2": dict(_FEAT, contrastive=2.0),
     "con-features-mu3": dict(_FEAT, mu=3.0),
     "con-features-e60": dict(_FEAT, epochs=60),
-    # SimCLR pretraining of the backbone on the radiographs that carry no NIH label (Kermany's
-    # paediatric films without its test split, and the adult COVID-19 films): no NIH image, so no
-    # held-out fold or collection is ever seen, even unlabelled
-    "con-features-pre": dict(_FEAT, pretrain_data=list(PRETRAIN_DATA), pretrain_epochs=30),
-    # the two that each helped in cross-validation, together
-    "con-features-pre-128b": dict(_FEAT, nbits=128, pretrain_data=list(PRETRAIN_DATA), pretrain_epochs=30),
-    "con-features-pre-128b-ema": dict(_FEAT, nbits=128, pretrain_data=list(PRETRAIN_DATA), pretrain_epochs=30,
-                                      ema=0.99),
-    "con-features-pre-256b-ema": dict(_FEAT, nbits=256, pretrain_data=list(PRETRAIN_DATA), pretrain_epochs=30,
-                                      ema=0.99),
-    "con-features-pre-128b-ema0.995": dict(_FEAT, nbits=128, pretrain_data=list(PRETRAIN_DATA), pretrain_epochs=30,
-                                           ema=0.995),
+    "con-features-pre": _PRE,
+    # the two that each helped in cross-validation, together; then weights averaged (EMA)
+    "con-features-pre-128b": dict(_PRE, nbits=128),
+    "con-features-pre-128b-ema": dict(_PRE, nbits=128, ema=0.99),
+    "con-features-pre-256b-ema": dict(_PRE, nbits=256, ema=0.99),
+    "con-features-pre-128b-ema0.995": dict(_PRE, nbits=128, ema=0.995),   # the shipped default model
     "paper": dict(method="attention", nbits=64, input_size=64, width=0.5, epochs=60, batch_size=64, lr=1e-3,
                   box_jitter=1.0, min_evidence=0.1),
 }
