@@ -50,6 +50,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "con-features-pre-256b-ema": dict(_PRE, nbits=256, ema=0.99),
     "con-features-pre-128b-ema0.995": dict(_PRE, nbits=128, ema=0.995),   # the shipped default model
     "con-features-pre60-128b-ema0.995": dict(_PRE, nbits=128, ema=0.995, pretrain_epochs=60),
+    "con-features-pre-128b-ema0.998": dict(_PRE, nbits=128, ema=0.998),
     "paper": dict(method="attention", nbits=64, input_size=64, width=0.5, epochs=60, batch_size=64, lr=1e-3,
                   box_jitter=1.0, min_evidence=0.1),
 }
