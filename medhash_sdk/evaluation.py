@@ -16,6 +16,8 @@ what is evaluated is exactly what ships).
 """
 from __future__ import annotations
 
+import os
+
 from typing import Any, Sequence
 
 import numpy as np
@@ -211,11 +213,11 @@ def align_labels(ds: ImageSet, model_labels: Sequence[str]) -> tuple[ImageSet, l
     return dataclasses.replace(ds, labels=y, label_names=list(model_labels)), warn
 
 
-def evaluate_file(model_path: str, data: Sequence[str], split: str = "test", k: int = 100,
+def evaluate_file(model_path: str | os.PathLike | None, data: Sequence[str], split: str = "test", k: int = 100,
                   seeds: Sequence[int | None] = (0, 1, 2), batch_size: int = 64,
                   n_boot: int = BOOTSTRAP_REPLICATES, min_positives: int = MIN_POSITIVES,
                   keep_aps: bool = False) -> dict[str, Any]:
-    """What `medhash eval` reports (docs/model.md, "Protocol").
+    """What `medhash eval` reports (docs/model.md, "Protocol"). model_path None: the bundled model.
 
     split "test" (or "val"/"train"): the split is rebuilt with the rule recorded in the model and
     that split's images are the unseen archive; the classic figure (those images as queries
@@ -252,7 +254,7 @@ def evaluate_file(model_path: str, data: Sequence[str], split: str = "test", k: 
         archive["patient_id"] = [str(x) for x in ds.patient_id[held]]
     else:
         archive.pop("aps")
-    out: dict[str, Any] = {"model": model_path, "fingerprint": card.fingerprint, "method": card.method,
+    out: dict[str, Any] = {"model": os.fspath(enc.model_path), "fingerprint": card.fingerprint, "method": card.method,
                            "nbits": card.nbits, "split": split, "k": k, "tie_seeds": list(seeds),
                            "data_fingerprint": ds.info["fingerprint"], "same_data_as_training": same_data,
                            "warnings": warnings, "unseen_archive": archive}

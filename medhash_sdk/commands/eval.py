@@ -46,10 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..encoder import default_model_path
     from ..evaluation import evaluate_file
-    model = default_model_path() if args.model is None else args.model
-    res = evaluate_file(model, args.data, split=args.split, k=args.k,
+    res = evaluate_file(args.model, args.data, split=args.split, k=args.k,
                         seeds=tuple(range(max(1, args.tie_seeds))), batch_size=args.batch_size, n_boot=args.bootstrap)
     if args.json:
         print(json.dumps(res, sort_keys=True))
