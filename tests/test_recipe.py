@@ -194,3 +194,44 @@ def test_simclr_pretraining_is_cached_and_loads_into_the_network(tmp_path):
     net = build_model(NetConfig(nbits=16, num_labels=2, width=0.125, stem="small", use_local=False), path)
     for k, v in sd.items():
         assert torch.equal(net.backbone.state_dict()[k], v)
+
+
+def test_pretraining_on_the_training_images_is_its_own_cached_backbone(tmp_path):
+    p = tmp_path / "unlabelled.npz"
+    rng = np.random.default_rng(1)
+    np.savez(p, images=rng.integers(0, 256, (16, 40, 40), dtype=np.uint8))
+    cfg = C.PretrainConfig(input_size=32, width=0.125, stem="small", epochs=1, batch_size=8, progress=False)
+    cache = str(tmp_path / "cache")
+    fold_a = [rng.integers(0, 256, (48, 48), dtype=np.uint8) for _ in range(8)]
+    fold_b = [a.copy() for a in fold_a]
+    fold_b[3][0, 0] ^= 1                   # one pixel differs: another training set, another backbone
+    logs: list[str] = []
+    alone = C.pretrained_backbone([str(p)], cfg, cache, log=logs.append)
+    with_a = C.pretrained_backbone([str(p)], cfg, cache, log=logs.append, extra=fold_a)
+    assert any("24 images" in m and "8 images of the training split" in m for m in logs)
+    with_b = C.pretrained_backbone([str(p)], cfg, cache, log=logs.append, extra=fold_b)
+    assert len({alone, with_a, with_b}) == 3
+    assert C.pretrained_backbone([str(p)], cfg, cache, log=logs.append, extra=[a.copy() for a in fold_a]) == with_a
+    assert "from the cache" in logs[-1]
+    with pytest.raises(ValueError, match="pretrain_epochs > 0"):
+        TrainConfig(pretrain_on_train=True)
+
+
+def test_training_pretrains_on_its_train_split_only(tmp_path):
+    """pretrain_on_train: the train split's images join the pretraining pool; the test split's
+    (a held-out fold, an unseen archive) never do, not even unlabelled."""
+    p = tmp_path / "unlabelled.npz"
+    rng = np.random.default_rng(2)
+    np.savez(p, images=rng.integers(0, 256, (120, 40, 40), dtype=np.uint8))   # one pretraining batch is 128
+    n = 36
+    imgs = [rng.integers(0, 256, (32, 32), dtype=np.uint8) for _ in range(n)]
+    y = np.zeros((n, 2), np.uint8)
+    y[np.arange(n), np.arange(n) % 2] = 1
+    split = np.array(["train"] * 20 + ["test"] * 16)
+    ds = ImageSet(imgs, y, ["a", "No Finding"], np.array([f"i{i}" for i in range(n)]),
+                  np.array([f"p{i}" for i in range(n)]), split)
+    logs: list[str] = []
+    train(TrainConfig(method="dpsh-bce", nbits=16, input_size=32, width=0.125, epochs=1, batch_size=8,
+                      pretrain_data=(str(p),), pretrain_epochs=1, pretrain_on_train=True,
+                      pretrain_cache=str(tmp_path / "cache"), progress=False), ds, log=logs.append)
+    assert any("140 images" in m and "20 images of the training split" in m for m in logs), logs

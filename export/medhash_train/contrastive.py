@@ -179,19 +179,29 @@ def simclr_pretrain(x: np.ndarray, cfg: PretrainConfig, log: Callable[[str], Non
 
 
 def pretrained_backbone(data: Sequence[str], cfg: PretrainConfig, cache_dir: str | None,
-                        log: Callable[[str], None] | None = None) -> str:
+                        log: Callable[[str], None] | None = None,
+                        extra: Sequence[np.ndarray] = ()) -> str:
     """Path of a backbone state_dict pretrained with SimCLR on the images of `data` (.npz files,
-    their "test" split left out; load_unlabelled). With cache_dir the file is named by a hash of
-    the files' names and sizes and the config, and reused when it exists; it holds the
-    pretraining record beside the weights (torch.load(weights_only=True) reads both)."""
+    their "test" split left out; load_unlabelled) plus the images `extra` (e.g. the training
+    split's own radiographs, labels unused). With cache_dir the file is named by a hash of the
+    files' names and sizes, the extra images' pixels and the config, and reused when it exists;
+    it holds the pretraining record beside the weights (torch.load(weights_only=True) reads both)."""
     import hashlib
     import json
 
     from medhash_sdk.preprocessing import Preprocessing, preprocess_batch
 
     log = log or (lambda s: print(s, file=sys.stderr))
-    key = json.dumps({"data": [(os.path.basename(p), os.path.getsize(p)) for p in data],
-                      "config": {k: v for k, v in asdict(cfg).items() if k != "progress"}}, sort_keys=True)
+    pixels = hashlib.sha256()
+    for a in extra:
+        a = np.ascontiguousarray(a)
+        pixels.update(repr((a.shape, a.dtype.str)).encode())
+        pixels.update(a.tobytes())
+    described: dict[str, Any] = {"data": [(os.path.basename(p), os.path.getsize(p)) for p in data],
+                                 "config": {k: v for k, v in asdict(cfg).items() if k != "progress"}}
+    if len(extra):
+        described["extra"] = [len(extra), pixels.hexdigest()]
+    key = json.dumps(described, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     folder = cache_dir or "."
     path = os.path.join(folder, f"simclr-{digest}.pt")
@@ -199,6 +209,9 @@ def pretrained_backbone(data: Sequence[str], cfg: PretrainConfig, cache_dir: str
         log(f"pretrained backbone from the cache: {path}")
         return path
     images, notes = load_unlabelled(data)
+    if len(extra):
+        images += list(extra)
+        notes.append(f"{len(extra)} images of the training split")
     log(f"SimCLR pretraining on {len(images)} images ({'; '.join(notes)}), {cfg.epochs} epochs")
     x = preprocess_batch(images, Preprocessing(cfg.input_size))
     res = simclr_pretrain(x, cfg, log)

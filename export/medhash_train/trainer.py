@@ -77,6 +77,7 @@ class TrainConfig:
     pretrain_data: tuple[str, ...] = ()   # .npz files for SimCLR pretraining of the backbone first
     pretrain_epochs: int = 0         # > 0: pretrain (medhash_train.contrastive) unless backbone_weights is set
     pretrain_cache: str | None = None     # folder where pretrained backbones are kept and reused
+    pretrain_on_train: bool = False  # pretraining also sees the train split's own images (labels unused)
     recipe: str | None = None        # the medhash_train.recipes name it started from (recorded only)
     ema: float = 0.0                 # > 0: keep (and return) an exponential moving average of the weights, this decay per step
 
@@ -107,6 +108,8 @@ class TrainConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema is a per-step decay in [0, 1), e.g. 0.99; got {self.ema}")
+        if self.pretrain_on_train and self.pretrain_epochs <= 0:
+            raise ValueError("pretrain_on_train needs pretraining: set pretrain_epochs > 0 (and pretrain_data)")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
 
@@ -216,7 +219,8 @@ def train(cfg: TrainConfig, ds: ImageSet, log: Callable[[str], None] | None = No
             raise ValueError("pretrain_epochs > 0 needs pretrain_data (.npz files of radiographs)")
         pc = PretrainConfig(input_size=cfg.input_size, backbone=cfg.backbone, width=cfg.width, stem=net_cfg.stem,
                             epochs=cfg.pretrain_epochs, seed=cfg.seed, device=cfg.device, progress=cfg.progress)
-        weights = pretrained_backbone(list(cfg.pretrain_data), pc, cfg.pretrain_cache, log)
+        weights = pretrained_backbone(list(cfg.pretrain_data), pc, cfg.pretrain_cache, log,
+                                      extra=[ds.images[i] for i in tr] if cfg.pretrain_on_train else ())
         _seed_all(cfg.seed)          # the hashing stage starts from the same RNG state as without pretraining
     model = build_model(net_cfg, weights).to(dev).to(memory_format=cl)
     loss_fn = make_loss(cfg.method, cfg.nbits, len(ds.label_names), **cfg.loss_args).to(dev)
