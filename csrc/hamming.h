@@ -454,13 +454,18 @@ inline Scratch& thread_scratch() {
 // One query asking for many results (k >= kSeedMinK): most of what its scan costs above the
 // memory floor is offering the rows that pass a still-high threshold, about k ln(n / k) of them.
 // kSeedBlocks evenly spaced blocks of rows (together kSeedRowsPerK * n / k rows) give a sample
-// whose kSeedRank-th smallest distance D is, with high probability, at or above the k-th
-// smallest of the whole range (about kSeedRank / kSeedRowsPerK = 2k rows are expected at or
-// below it). The scan then accepts only distances <= D from its first row; in the rare case that
-// fewer than k rows pass, it searches again without the limit, so the answer is always exact.
+// whose kSeedRank-th smallest distance D is usually at or above the k-th smallest of the whole
+// range (about kSeedRank / kSeedRowsPerK = 1.5k rows are expected at or below it). The scan then
+// accepts only distances <= D from its first row; when fewer than k rows pass, it searches again
+// without the limit, so the answer is always exact. Each row offered costs a mispredicted branch
+// and a push, so a small sample and a tight rank win even though they search again more often:
+// at most ~11% of queries (Poisson(8) >= 12, when nearly k rows lie just below the k-th
+// distance), far fewer on real distance histograms, where many rows tie at the k-th distance.
+// Measured (README, Exact Hamming search): 32 n / k rows and rank 64 were 1.57-1.80x the memory
+// floor at 1M x 64 bit, k = 1000; these 1.40-1.53x.
 constexpr int64_t kSeedMinK = 128;
-constexpr int64_t kSeedRowsPerK = 32;
-constexpr int64_t kSeedRank = 64;
+constexpr int64_t kSeedRowsPerK = 8;
+constexpr int64_t kSeedRank = 12;
 constexpr int64_t kSeedBlocks = 64;
 
 // D as above for rows [r0, r1), or -1 where no limit should be used (a small range, or a sample

@@ -187,9 +187,10 @@ def test_many_results_with_a_sampled_threshold(level_guard, level, nbytes):
 @pytest.mark.parametrize("level", LEVELS)
 def test_sampled_threshold_too_low_searches_again(level_guard, level):
     """Rows laid out so that the sample sees only near rows: one row at distance 1 at the start
-    of each of the 64 sampled blocks, every other row far. The sample's 64th distance is 1, so
-    only 64 rows pass that threshold, fewer than k = 128: the engine must search again without
-    it, or the answer would end in -1 padding instead of the 64 nearest far rows."""
+    of each of the 64 sampled blocks, every other row far. The sample's kSeedRank-th distance
+    (kSeedRank <= 64) is 1, so only 64 rows pass that threshold, fewer than k = 128: the engine
+    must search again without it, or the answer would end in -1 padding instead of the 64
+    nearest far rows."""
     rng = np.random.default_rng(3)
     n, k = 64 * 4096, 128
     query = np.zeros((1, 8), np.uint8)

@@ -54,6 +54,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # the pretraining pool also holds the training split's own NIH radiographs (per fold in
     # cross-validation: a held-out fold is never seen, not even unlabelled)
     "con-features-pretr-128b-ema0.995": dict(_PRE, nbits=128, ema=0.995, pretrain_on_train=True),
+    # half the learning rate when hashing: the pretrained features move less
+    "con-features-pre-128b-ema0.995-lr5e-4": dict(_PRE, nbits=128, ema=0.995, lr=5e-4),
     "paper": dict(method="attention", nbits=64, input_size=64, width=0.5, epochs=60, batch_size=64, lr=1e-3,
                   box_jitter=1.0, min_evidence=0.1),
 }
