@@ -235,3 +235,31 @@ def test_training_pretrains_on_its_train_split_only(tmp_path):
                       pretrain_data=(str(p),), pretrain_epochs=1, pretrain_on_train=True,
                       pretrain_cache=str(tmp_path / "cache"), progress=False), ds, log=logs.append)
     assert any("140 images" in m and "20 images of the training split" in m for m in logs), logs
+
+
+def test_frozen_backbone_epochs_train_the_heads_only():
+    """freeze_backbone_epochs = 1: after the first epoch the backbone is still its initial
+    weights and the hash layer has moved; after the second the backbone has moved too."""
+    from medhash_train.attention import build_model
+    from medhash_train.trainer import _seed_all, net_config_for
+
+    rng = np.random.default_rng(3)
+    n = 32
+    imgs = [rng.integers(0, 256, (32, 32), dtype=np.uint8) for _ in range(n)]
+    y = np.zeros((n, 2), np.uint8)
+    y[np.arange(n), np.arange(n) % 2] = 1
+    ds = ImageSet(imgs, y, ["a", "No Finding"], np.array([f"i{i}" for i in range(n)]),
+                  np.array([f"p{i}" for i in range(n)]), np.array(["train"] * n))
+    cfg = TrainConfig(method="dpsh-bce", nbits=16, input_size=32, width=0.125, epochs=2, batch_size=16,
+                      freeze_backbone_epochs=1, progress=False)
+    _seed_all(cfg.seed)                       # what train() does before it builds the network
+    start = build_model(net_config_for(cfg, 2)).state_dict()
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+    train(cfg, ds, log=lambda s: None,
+          on_epoch=lambda e, m: seen.__setitem__(e, {k: v.detach().clone() for k, v in m.named_parameters()}))
+    backbone = [k for k in seen[1] if k.startswith("backbone.")]
+    assert backbone and all(torch.equal(seen[1][k], start[k]) for k in backbone)
+    assert not torch.equal(seen[1]["hash.weight"], start["hash.weight"])
+    assert any(not torch.equal(seen[2][k], start[k]) for k in backbone)
+    with pytest.raises(ValueError, match="freeze_backbone_epochs"):
+        TrainConfig(epochs=5, freeze_backbone_epochs=5)

@@ -71,6 +71,8 @@ def register_train(sub: argparse._SubParsersAction) -> None:
                    help="SimCLR-pretrain the backbone on these .npz files' images first (their 'test' split "
                         "left out); names not found as given are looked up beside the first --data file")
     p.add_argument("--pretrain-epochs", type=int, default=0, help="pretraining epochs (default 0: none)")
+    p.add_argument("--freeze-backbone-epochs", type=int, default=0, metavar="N",
+                   help="train only the heads for the first N epochs, then everything (LP-FT; default 0)")
     p.add_argument("--pretrain-on-train", action="store_true",
                    help="pretraining also sees the train split's own images (their labels unused)")
     p.add_argument("--pixel-bits", type=int, default=0, metavar="N",
@@ -112,7 +114,8 @@ def train_settings(args: argparse.Namespace) -> dict:
                  local_scale=args.local_scale, box_jitter=args.box_jitter, min_evidence=args.min_evidence,
                  contrastive=args.contrastive, contrastive_on=args.contrastive_on, temperature=args.temperature, ema=args.ema,
                  balanced=args.balanced, pixel_bits=args.pixel_bits, pretrain_data=tuple(args.pretrain_data),
-                 pretrain_epochs=args.pretrain_epochs, pretrain_on_train=args.pretrain_on_train)
+                 pretrain_epochs=args.pretrain_epochs, pretrain_on_train=args.pretrain_on_train,
+                 freeze_backbone_epochs=args.freeze_backbone_epochs)
     import os
 
     from .recipes import recipe, resolve

@@ -56,6 +56,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "con-features-pretr-128b-ema0.995": dict(_PRE, nbits=128, ema=0.995, pretrain_on_train=True),
     # half the learning rate when hashing: the pretrained features move less
     "con-features-pre-128b-ema0.995-lr5e-4": dict(_PRE, nbits=128, ema=0.995, lr=5e-4),
+    # linear probe, then fine-tune (LP-FT, Kumar et al. 2022): the heads learn on frozen
+    # pretrained features first, so fine-tuning distorts them less (better out of distribution)
+    "con-features-pre-128b-ema0.995-lpft5": dict(_PRE, nbits=128, ema=0.995, freeze_backbone_epochs=5),
     "paper": dict(method="attention", nbits=64, input_size=64, width=0.5, epochs=60, batch_size=64, lr=1e-3,
                   box_jitter=1.0, min_evidence=0.1),
 }

@@ -78,6 +78,7 @@ class TrainConfig:
     pretrain_epochs: int = 0         # > 0: pretrain (medhash_train.contrastive) unless backbone_weights is set
     pretrain_cache: str | None = None     # folder where pretrained backbones are kept and reused
     pretrain_on_train: bool = False  # pretraining also sees the train split's own images (labels unused)
+    freeze_backbone_epochs: int = 0  # first epochs train the heads only (LP-FT: keeps pretrained features)
     recipe: str | None = None        # the medhash_train.recipes name it started from (recorded only)
     ema: float = 0.0                 # > 0: keep (and return) an exponential moving average of the weights, this decay per step
 
@@ -108,6 +109,8 @@ class TrainConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema is a per-step decay in [0, 1), e.g. 0.99; got {self.ema}")
+        if not 0 <= self.freeze_backbone_epochs < self.epochs:
+            raise ValueError(f"freeze_backbone_epochs must be in [0, epochs = {self.epochs}), got {self.freeze_backbone_epochs}")
         if self.pretrain_on_train and self.pretrain_epochs <= 0:
             raise ValueError("pretrain_on_train needs pretraining: set pretrain_epochs > 0 (and pretrain_data)")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -258,6 +261,8 @@ def train(cfg: TrainConfig, ds: ImageSet, log: Callable[[str], None] | None = No
     for epoch in range(cfg.epochs):
         model.train()
         model.set_crop(epoch >= warm)
+        for p in model.backbone.parameters():      # frozen: no gradient, so AdamW leaves it alone
+            p.requires_grad_(epoch >= cfg.freeze_backbone_epochs)
         if head is not None:
             head.train()
         if sample_w is None:
