@@ -14,12 +14,21 @@ so the folds' per-image APs pool into one cross-validated mAP@100 with a patient
 
 One JSON per (recipe, fold, seed) under benchmarks/results/model/cv/ (cached: a finished run
 is not retrained), and the table benchmarks/results/model/cv/table.md with the command.
+
+--scheme cross-source asks the cross-collection question on the same training images: the
+pool's nih1000_64 images train and its nih_extra_128 images (minus any patient the training
+side holds) are the unseen archive, then the reverse; the two directions' per-image APs pool
+into one figure (benchmarks/results/model/cross-source/). It reads no test image either, so it
+can choose among recipes for how they carry over to another collection.
+
+    PYTHONPATH=.:export python benchmarks/model_selection.py --scheme cross-source --recipes plain con-features
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -33,6 +42,9 @@ from medhash_sdk.atomic import atomic_open  # noqa: E402  (after the sys.path li
 DATA_DIR = os.environ.get("MEDHASH_DATA", os.path.join(ROOT, "..", "shared", "data"))
 NIH = ["nih1000_64.npz", "nih_extra_128.npz"]
 OUT = os.path.join(ROOT, "benchmarks", "results", "model", "cv")
+OUT_XS = os.path.join(ROOT, "benchmarks", "results", "model", "cross-source")
+DIRECTIONS = ("nih1000-to-extra", "extra-to-nih1000")
+PART_FILE = re.compile(r"(.+?)_(?:k\d+fs\d+_f\d+|nih1000-to-extra|extra-to-nih1000)_s\d+\.json$")
 
 from medhash_train.recipes import RECIPES, resolve  # noqa: E402  (after the sys.path lines)
 PRETRAIN_CACHE = os.path.join(ROOT, "benchmarks", ".cache", "pretrain")
@@ -51,51 +63,85 @@ def load_pool(fold_seed: int, k: int):
     return ds, pool, patient_folds(ds.patient_id[pool], k, fold_seed)
 
 
-def run(recipe: str, fold: int, seed: int, k: int, fold_seed: int, cache: dict[str, Any]) -> dict[str, Any]:
+def _report(recipe: str, tag: str, fs: Any, seed: int, cache: dict[str, Any], key: tuple) -> dict[str, Any]:
+    """Train `recipe` on fs's train split, score its test split (the unseen-archive protocol)."""
     import torch
 
+    from medhash_sdk.datasets import to_network_input
     from medhash_sdk.evaluation import raw_pixel_vectors
     from medhash_sdk.preprocessing import Preprocessing
-    from medhash_sdk.datasets import to_network_input
-    from medhash_train.selection import fold_set, heldout_report
+    from medhash_train.selection import heldout_report
     from medhash_train.trainer import TrainConfig
 
     settings = RECIPES[recipe]
+    xkey = ("x", settings["input_size"]) + key
+    if xkey not in cache:
+        cache[xkey] = to_network_input(fs, Preprocessing(settings["input_size"]))
+    rkey = ("raw",) + key
+    if rkey not in cache:
+        cache[rkey] = raw_pixel_vectors([fs.images[i] for i in fs.indices("test")])
+    cfg = TrainConfig(**resolve(settings, DATA_DIR, PRETRAIN_CACHE), seed=seed, progress=False)
+    rep = heldout_report(cfg, fs, cache[xkey], raw=cache[rkey], log=lambda m: print(f"  {recipe} {tag}: {m}", file=sys.stderr, flush=True),
+                         eval_epochs=tuple(e for e in EVAL_EPOCHS if e < cfg.epochs), hybrid_bits=HYBRID_BITS)
+    rep.pop("_model")
+    rep["job"] = dict(recipe=recipe, settings=settings, seed=seed, torch=torch.__version__,
+                      threads=torch.get_num_threads())
+    return rep
+
+
+def run(recipe: str, fold: int, seed: int, k: int, fold_seed: int, cache: dict[str, Any]) -> dict[str, Any]:
+    from medhash_train.selection import fold_set
+
     key = ("pool", fold_seed, k)
     if key not in cache:
         cache[key] = load_pool(fold_seed, k)
     ds, pool, folds = cache[key]
-    fs = fold_set(ds, pool, folds, fold)
-    xkey = ("x", settings["input_size"], fold_seed, k, fold)
-    if xkey not in cache:
-        cache[xkey] = to_network_input(fs, Preprocessing(settings["input_size"]))
-    rkey = ("raw", fold_seed, k, fold)
-    if rkey not in cache:
-        cache[rkey] = raw_pixel_vectors([fs.images[i] for i in fs.indices("test")])
-    cfg = TrainConfig(**resolve(settings, DATA_DIR, PRETRAIN_CACHE), seed=seed, progress=False)
-    rep = heldout_report(cfg, fs, cache[xkey], raw=cache[rkey], log=lambda m: print(f"  {recipe} f{fold}: {m}", file=sys.stderr, flush=True),
-                         eval_epochs=tuple(e for e in EVAL_EPOCHS if e < cfg.epochs), hybrid_bits=HYBRID_BITS)
-    rep.pop("_model")
-    rep["job"] = dict(recipe=recipe, settings=settings, fold=fold, k=k, fold_seed=fold_seed, seed=seed,
-                      torch=torch.__version__, threads=torch.get_num_threads())
+    rep = _report(recipe, f"f{fold}", fold_set(ds, pool, folds, fold), seed, cache, (fold_seed, k, fold))
+    rep["job"].update(fold=fold, k=k, fold_seed=fold_seed)
     return rep
 
 
-def table(recipes: list[str], k: int, fold_seed: int, seeds: list[int], ref: str = "plain") -> str:
+def run_cross_source(recipe: str, direction: str, seed: int, cache: dict[str, Any]) -> dict[str, Any]:
+    """Train on the pool's images of one collection, score the other's unseen patients."""
+    from medhash_sdk.datasets import load_dataset
+    from medhash_train.selection import cross_collection
+
+    if "xs" not in cache:
+        ds, pool, _ = load_pool(0, 3)
+        first = set(map(str, load_dataset(os.path.join(DATA_DIR, NIH[0]), split_seed=0).image_id))
+        in_first = np.array([str(i) in first for i in ds.image_id[pool]])
+        cache["xs"] = (ds, pool[in_first], pool[~in_first])
+    ds, a, b = cache["xs"]
+    train_idx, test_idx = (a, b) if direction == DIRECTIONS[0] else (b, a)
+    fs = cross_collection(ds.subset(train_idx), ds.subset(test_idx))
+    rep = _report(recipe, direction, fs, seed, cache, ("xs", direction))
+    rep["job"].update(direction=direction, info=fs.info)
+    return rep
+
+
+def part_paths(scheme: str, r: str, s: int, k: int, fold_seed: int) -> list[str]:
+    """The JSON files whose per-image APs pool into recipe r's figure (seed s)."""
+    if scheme == "cross-source":
+        return [os.path.join(OUT_XS, f"{r}_{d}_s{s}.json") for d in DIRECTIONS]
+    return [os.path.join(OUT, f"{r}_k{k}fs{fold_seed}_f{f}_s{s}.json") for f in range(k)]
+
+
+def table(recipes: list[str], k: int, fold_seed: int, seeds: list[int], ref: str = "plain",
+          scheme: str = "cv") -> str:
     from medhash_sdk.evaluation import compare
     from medhash_train.selection import pooled_report
 
     def parts_of(r: str, s: int) -> list[dict[str, Any]] | None:
         out = []
-        for f in range(k):
-            path = os.path.join(OUT, f"{r}_k{k}fs{fold_seed}_f{f}_s{s}.json")
+        for path in part_paths(scheme, r, s, k, fold_seed):
             if not os.path.exists(path):
                 return None
             with open(path) as fh:
                 out.append(json.load(fh))
         return out
 
-    lines = [f"| recipe | seed | CV mAP@100 [95% CI] | float u, cosine | vs raw pixels [95% CI] | vs {ref} [95% CI] "
+    figure = "cross-source mAP@100" if scheme == "cross-source" else "CV mAP@100"
+    lines = [f"| recipe | seed | {figure} [95% CI] | float u, cosine | vs raw pixels [95% CI] | vs {ref} [95% CI] "
              "| mean AUROC | min per-fold s |", "|---|---|---|---|---|---|---|---|"]
     raw_line = None
     for r in recipes:
@@ -136,6 +182,9 @@ def table(recipes: list[str], k: int, fold_seed: int, seeds: list[int], ref: str
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipes", nargs="+", default=["plain", "con-codes"], choices=sorted(RECIPES))
+    p.add_argument("--scheme", choices=("cv", "cross-source"), default="cv",
+                   help="cv: k-fold patient-grouped cross-validation (default); cross-source: train on one "
+                        "collection's training images, score the other's")
     p.add_argument("--folds", type=int, default=3)
     p.add_argument("--fold-seed", type=int, default=0)
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
@@ -145,14 +194,16 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(a.threads)
-    os.makedirs(OUT, exist_ok=True)
+    out = OUT_XS if a.scheme == "cross-source" else OUT
+    os.makedirs(out, exist_ok=True)
     cache: dict[str, Any] = {}
     t0 = time.time()
+    parts = DIRECTIONS if a.scheme == "cross-source" else range(a.folds)
     if not a.table_only:
-        for f in range(a.folds):        # fold outermost: every recipe's first fold comes first
+        for i, part in enumerate(parts):    # part outermost: every recipe's first part comes first
             for r in a.recipes:
                 for s in a.seeds:
-                    path = os.path.join(OUT, f"{r}_k{a.folds}fs{a.fold_seed}_f{f}_s{s}.json")
+                    path = part_paths(a.scheme, r, s, a.folds, a.fold_seed)[i]
                     if os.path.exists(path):
                         with open(path) as fh:
                             old = json.load(fh)
@@ -160,20 +211,29 @@ def main(argv: list[str] | None = None) -> int:
                                 f"model+{n} pixel bits" in old["rows"] for n in HYBRID_BITS):
                             continue
                     t = time.time()
-                    rep = run(r, f, s, a.folds, a.fold_seed, cache)
+                    rep = (run_cross_source(r, str(part), s, cache) if a.scheme == "cross-source"
+                           else run(r, int(part), s, a.folds, a.fold_seed, cache))
                     with atomic_open(path, "w") as fh:
                         json.dump(rep, fh, default=float)
-                    print(f"{r} fold {f} seed {s}: held-out mAP@100 {rep['rows']['model']['map']:.4f} "
+                    print(f"{r} {part} seed {s}: held-out mAP@100 {rep['rows']['model']['map']:.4f} "
                           f"(raw {rep['rows']['raw pixels']['map']:.4f}), AUROC {rep['mean_auroc']:.3f}, "
                           f"{time.time() - t:.0f} s", file=sys.stderr, flush=True)
-    done = sorted({f.split("_k")[0] for f in os.listdir(OUT) if f.endswith(".json")}, key=list(RECIPES).index)
-    tab = table(done, a.folds, a.fold_seed, sorted({0, *a.seeds}) if a.table_only else a.seeds)
+    done = sorted({m.group(1) for f in os.listdir(out) if (m := PART_FILE.match(f))} & set(RECIPES),
+                  key=list(RECIPES).index)
+    tab = table(done, a.folds, a.fold_seed, sorted({0, *a.seeds}) if a.table_only else a.seeds, scheme=a.scheme)
     cmd = "PYTHONPATH=.:export python benchmarks/model_selection.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    note = (f"\n\n{a.folds}-fold patient-grouped cross-validation over the 1,669 train + val images of the NIH split "
-            f"(fold seed {a.fold_seed}); unseen-archive protocol inside each held-out fold, per-image APs pooled over "
-            "the folds; 95% intervals: patient bootstrap (2,000 replicates), paired for differences. Recipes in "
-            "benchmarks/model_selection.py RECIPES. Made by:\n\n    " + cmd + "\n")
-    with open(os.path.join(OUT, "table.md"), "w") as fh:
+    if a.scheme == "cross-source":
+        note = ("\n\nCross-source validation on the 1,669 train + val images of the NIH split: trained on their "
+                "nih1000_64 images, scored on their nih_extra_128 images of other patients, and the reverse "
+                "(unseen-archive protocol); per-image APs of both directions pooled; 95% intervals: patient "
+                "bootstrap (2,000 replicates), paired for differences. No test image is read. Made by:\n\n    "
+                + cmd + "\n")
+    else:
+        note = (f"\n\n{a.folds}-fold patient-grouped cross-validation over the 1,669 train + val images of the NIH "
+                f"split (fold seed {a.fold_seed}); unseen-archive protocol inside each held-out fold, per-image APs "
+                "pooled over the folds; 95% intervals: patient bootstrap (2,000 replicates), paired for differences. "
+                "Recipes in benchmarks/model_selection.py RECIPES. Made by:\n\n    " + cmd + "\n")
+    with open(os.path.join(out, "table.md"), "w") as fh:
         fh.write(tab + note)
     print(tab + note)
     print(f"total {time.time() - t0:.0f} s", file=sys.stderr)
