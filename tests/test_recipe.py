@@ -263,3 +263,22 @@ def test_frozen_backbone_epochs_train_the_heads_only():
     assert any(not torch.equal(seen[2][k], start[k]) for k in backbone)
     with pytest.raises(ValueError, match="freeze_backbone_epochs"):
         TrainConfig(epochs=5, freeze_backbone_epochs=5)
+
+
+def test_strong_and_mixed_views_train_and_need_the_contrastive_term():
+    rng = np.random.default_rng(4)
+    n = 32
+    imgs = [rng.integers(0, 256, (32, 32), dtype=np.uint8) for _ in range(n)]
+    y = np.zeros((n, 2), np.uint8)
+    y[np.arange(n), np.arange(n) % 2] = 1
+    ds = ImageSet(imgs, y, ["a", "No Finding"], np.array([f"i{i}" for i in range(n)]),
+                  np.array([f"p{i}" for i in range(n)]), np.array(["train"] * n))
+    base = dict(method="dpsh-bce", nbits=16, input_size=32, width=0.125, epochs=1, batch_size=16,
+                contrastive=1.0, contrastive_on="features", progress=False)
+    losses = {v: train(TrainConfig(**base, views=v), ds, log=lambda s: None).history[0]["loss"]
+              for v in ("light", "strong", "mixed")}
+    assert all(math.isfinite(x) for x in losses.values()) and len(set(losses.values())) == 3, losses
+    with pytest.raises(ValueError, match="views"):
+        TrainConfig(views="strong")              # no contrastive term
+    with pytest.raises(ValueError, match="views must be one of"):
+        TrainConfig(contrastive=1.0, views="heavy")

@@ -59,6 +59,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     # linear probe, then fine-tune (LP-FT, Kumar et al. 2022): the heads learn on frozen
     # pretrained features first, so fine-tuning distorts them less (better out of distribution)
     "con-features-pre-128b-ema0.995-lpft5": dict(_PRE, nbits=128, ema=0.995, freeze_backbone_epochs=5),
+    # regularisers aimed at another collection (chosen by --scheme cross-source as well as CV)
+    "con-features-pre-128b-ema0.995-wd0.05": dict(_PRE, nbits=128, ema=0.995, weight_decay=0.05),
+    "con-features-pre-128b-ema0.995-strong": dict(_PRE, nbits=128, ema=0.995, views="strong"),
+    "con-features-pre-128b-ema0.995-mixed": dict(_PRE, nbits=128, ema=0.995, views="mixed"),
+    "con-features-pre-128b-ema0.995-balanced": dict(_PRE, nbits=128, ema=0.995, balanced=True),
     "paper": dict(method="attention", nbits=64, input_size=64, width=0.5, epochs=60, batch_size=64, lr=1e-3,
                   box_jitter=1.0, min_evidence=0.1),
 }

@@ -36,7 +36,9 @@ from medhash_sdk.evaluation import code_figures
 from medhash_sdk.preprocessing import Preprocessing
 
 from .attention import AttentionHashNet, NetConfig, build_model
-from .contrastive import CONTRASTIVE_ON, ProjectionHead, nt_xent
+from .contrastive import CONTRASTIVE_ON, ProjectionHead, nt_xent, strong_augment
+
+VIEWS = ("light", "strong", "mixed")
 from .evaluate import torch_codes
 from .losses import METHODS, make_loss
 
@@ -79,6 +81,8 @@ class TrainConfig:
     pretrain_cache: str | None = None     # folder where pretrained backbones are kept and reused
     pretrain_on_train: bool = False  # pretraining also sees the train split's own images (labels unused)
     freeze_backbone_epochs: int = 0  # first epochs train the heads only (LP-FT: keeps pretrained features)
+    views: str = "light"             # the two views: "light" (augment), "strong" (SimCLR's crops, gamma, noise),
+                                     # "mixed" (one of each; the classifier learns from the light one only)
     recipe: str | None = None        # the medhash_train.recipes name it started from (recorded only)
     ema: float = 0.0                 # > 0: keep (and return) an exponential moving average of the weights, this decay per step
 
@@ -111,6 +115,10 @@ class TrainConfig:
             raise ValueError(f"ema is a per-step decay in [0, 1), e.g. 0.99; got {self.ema}")
         if not 0 <= self.freeze_backbone_epochs < self.epochs:
             raise ValueError(f"freeze_backbone_epochs must be in [0, epochs = {self.epochs}), got {self.freeze_backbone_epochs}")
+        if self.views not in VIEWS:
+            raise ValueError(f"views must be one of {VIEWS}, got {self.views!r}")
+        if self.views != "light" and self.contrastive <= 0:
+            raise ValueError(f"views={self.views!r} changes the two contrastive views: set contrastive > 0")
         if self.pretrain_on_train and self.pretrain_epochs <= 0:
             raise ValueError("pretrain_on_train needs pretraining: set pretrain_epochs > 0 (and pretrain_data)")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -275,7 +283,12 @@ def train(cfg: TrainConfig, ds: ImageSet, log: Callable[[str], None] | None = No
             xb, yb = x_tr[idx], y_tr[idx]
             two = cfg.contrastive > 0
             if two:      # two views of each image; every loss sees both
-                xb = torch.cat([augment(xb, gen), augment(xb, gen)] if cfg.augment else [xb, xb])
+                if cfg.augment:
+                    first = augment(xb, gen) if cfg.views != "strong" else strong_augment(xb, gen)
+                    second = augment(xb, gen) if cfg.views == "light" else strong_augment(xb, gen)
+                    xb = torch.cat([first, second])
+                else:
+                    xb = torch.cat([xb, xb])
                 yb = torch.cat([yb, yb])
             elif cfg.augment:
                 xb = augment(xb, gen)
@@ -283,7 +296,9 @@ def train(cfg: TrainConfig, ds: ImageSet, log: Callable[[str], None] | None = No
                 u, _, _, logits, feat = model.forward_features(xb)
             loss = loss_fn(u.float(), yb)
             if mu > 0:
-                loss = loss + mu * F.binary_cross_entropy_with_logits(logits.float(), yb, pos_weight=pos_weight)
+                seen = len(idx) if two and cfg.views == "mixed" else len(yb)   # mixed: the light view only
+                loss = loss + mu * F.binary_cross_entropy_with_logits(logits[:seen].float(), yb[:seen],
+                                                                      pos_weight=pos_weight)
             if two:
                 z = u.float() if head is None else head(feat.float())
                 loss = loss + cfg.contrastive * nt_xent(z[:len(idx)], z[len(idx):], cfg.temperature)
