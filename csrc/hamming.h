@@ -461,8 +461,8 @@ inline Scratch& thread_scratch() {
 // and a push, so a small sample and a tight rank win even though they search again more often:
 // at most ~11% of queries (Poisson(8) >= 12, when nearly k rows lie just below the k-th
 // distance), far fewer on real distance histograms, where many rows tie at the k-th distance.
-// Measured (README, Exact Hamming search): 32 n / k rows and rank 64 were 1.57-1.80x the memory
-// floor at 1M x 64 bit, k = 1000; these 1.40-1.53x.
+// Measured (README, Exact Hamming search; median query, 1M x 64 bit, k = 1000): 32 n / k rows
+// and rank 64 were 1.65-1.76x the memory floor, these 1.50x.
 constexpr int64_t kSeedMinK = 128;
 constexpr int64_t kSeedRowsPerK = 8;
 constexpr int64_t kSeedRank = 12;
