@@ -60,13 +60,13 @@ class ProjectionHead(nn.Module):
         return self.net(x)
 
 
-def strong_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """The views of SimCLR pretraining: a random resized crop (area 35-100%, aspect 3/4-4/3),
-    rotation +-10 deg, brightness/contrast jitter and gamma, Gaussian noise. No flips (a chest
-    film has a left and a right)."""
+def strong_augment(x: torch.Tensor, gen: torch.Generator, min_area: float = 0.35, noise: float = 0.1) -> torch.Tensor:
+    """The views of SimCLR pretraining: a random resized crop (area min_area-100%, aspect
+    3/4-4/3), rotation +-10 deg, brightness/contrast jitter and gamma, Gaussian noise (standard
+    deviation up to `noise`). No flips (a chest film has a left and a right)."""
     b = x.shape[0]
     r = torch.rand(b, 8, device=x.device, generator=gen, dtype=torch.float32)
-    area = 0.35 + 0.65 * r[:, 0]
+    area = min_area + (1.0 - min_area) * r[:, 0]
     aspect = torch.exp((r[:, 1] - 0.5) * 2 * math.log(4 / 3))
     sx = torch.sqrt(area * aspect).clamp(max=1.0)
     sy = torch.sqrt(area / aspect).clamp(max=1.0)
@@ -79,8 +79,8 @@ def strong_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     contrast = (0.7 + 0.6 * r[:, 5]).view(b, 1, 1, 1).to(x.dtype)
     bright = ((r[:, 6] - 0.5) * 0.6).view(b, 1, 1, 1).to(x.dtype)
-    noise = torch.randn(x.shape, device=x.device, generator=gen, dtype=x.dtype) * (0.1 * r[:, 7]).view(b, 1, 1, 1)
-    return x * contrast + bright + noise
+    jitter = torch.randn(x.shape, device=x.device, generator=gen, dtype=x.dtype) * (noise * r[:, 7]).view(b, 1, 1, 1)
+    return x * contrast + bright + jitter
 
 
 # ----------------------------------------------------------------------------------- pretraining

@@ -38,7 +38,7 @@ from medhash_sdk.preprocessing import Preprocessing
 from .attention import AttentionHashNet, NetConfig, build_model
 from .contrastive import CONTRASTIVE_ON, ProjectionHead, nt_xent, strong_augment
 
-VIEWS = ("light", "strong", "mixed")
+VIEWS = ("light", "strong", "mixed", "mild")
 from .evaluate import torch_codes
 from .losses import METHODS, make_loss
 
@@ -82,7 +82,8 @@ class TrainConfig:
     pretrain_on_train: bool = False  # pretraining also sees the train split's own images (labels unused)
     freeze_backbone_epochs: int = 0  # first epochs train the heads only (LP-FT: keeps pretrained features)
     views: str = "light"             # the two views: "light" (augment), "strong" (SimCLR's crops, gamma, noise),
-                                     # "mixed" (one of each; the classifier learns from the light one only)
+                                     # "mixed" (one of each; the classifier learns from the light one only),
+                                     # "mild" (as mixed, the strong view cropping >= 70% and less noise)
     recipe: str | None = None        # the medhash_train.recipes name it started from (recorded only)
     ema: float = 0.0                 # > 0: keep (and return) an exponential moving average of the weights, this decay per step
 
@@ -285,7 +286,12 @@ def train(cfg: TrainConfig, ds: ImageSet, log: Callable[[str], None] | None = No
             if two:      # two views of each image; every loss sees both
                 if cfg.augment:
                     first = augment(xb, gen) if cfg.views != "strong" else strong_augment(xb, gen)
-                    second = augment(xb, gen) if cfg.views == "light" else strong_augment(xb, gen)
+                    if cfg.views == "light":
+                        second = augment(xb, gen)
+                    elif cfg.views == "mild":
+                        second = strong_augment(xb, gen, min_area=0.7, noise=0.05)
+                    else:
+                        second = strong_augment(xb, gen)
                     xb = torch.cat([first, second])
                 else:
                     xb = torch.cat([xb, xb])
@@ -296,7 +302,7 @@ def train(cfg: TrainConfig, ds: ImageSet, log: Callable[[str], None] | None = No
                 u, _, _, logits, feat = model.forward_features(xb)
             loss = loss_fn(u.float(), yb)
             if mu > 0:
-                seen = len(idx) if two and cfg.views == "mixed" else len(yb)   # mixed: the light view only
+                seen = len(idx) if two and cfg.views in ("mixed", "mild") else len(yb)   # the light view only
                 loss = loss + mu * F.binary_cross_entropy_with_logits(logits[:seen].float(), yb[:seen],
                                                                       pos_weight=pos_weight)
             if two:
