@@ -14,6 +14,16 @@ from medhash_train.selection import cross_collection, fold_set, patient_folds  #
 from medhash_train.trainer import TrainConfig, balanced_weights, train  # noqa: E402
 
 
+def two_label_set(rng: np.random.Generator, n: int, split: np.ndarray | None = None) -> ImageSet:
+    """n random 32 x 32 images, labels alternating "a" / "No Finding", one patient each; all
+    "train" unless `split` says otherwise."""
+    imgs = [rng.integers(0, 256, (32, 32), dtype=np.uint8) for _ in range(n)]
+    y = np.zeros((n, 2), np.uint8)
+    y[np.arange(n), np.arange(n) % 2] = 1
+    return ImageSet(imgs, y, ["a", "No Finding"], np.array([f"i{i}" for i in range(n)]),
+                    np.array([f"p{i}" for i in range(n)]), np.array(["train"] * n) if split is None else split)
+
+
 def test_nt_xent_hand_computed_and_ordering():
     # two images, views identical, orthogonal embeddings: each row's positive has similarity 1,
     # its two negatives 0 -> loss = -log(e^(1/t) / (e^(1/t) + 2))
@@ -99,12 +109,7 @@ def test_weight_average_is_what_training_returns():
     """With ema > 0 the returned network is the running average of the weights, not the last
     step's (which two seeded runs without it reproduce exactly)."""
     rng = np.random.default_rng(1)
-    n = 32
-    imgs = [rng.integers(0, 256, (32, 32), dtype=np.uint8) for _ in range(n)]
-    y = np.zeros((n, 2), np.uint8)
-    y[np.arange(n), np.arange(n) % 2] = 1
-    ds = ImageSet(imgs, y, ["a", "No Finding"], np.array([f"i{i}" for i in range(n)]),
-                  np.array([f"p{i}" for i in range(n)]), np.array(["train"] * n))
+    ds = two_label_set(rng, 32)
     base = dict(method="dpsh-bce", nbits=16, input_size=32, width=0.125, epochs=2, batch_size=16, progress=False)
     plain = train(TrainConfig(**base), ds, log=lambda s: None).model.state_dict()
     again = train(TrainConfig(**base), ds, log=lambda s: None).model.state_dict()
@@ -223,13 +228,7 @@ def test_training_pretrains_on_its_train_split_only(tmp_path):
     p = tmp_path / "unlabelled.npz"
     rng = np.random.default_rng(2)
     np.savez(p, images=rng.integers(0, 256, (120, 40, 40), dtype=np.uint8))   # one pretraining batch is 128
-    n = 36
-    imgs = [rng.integers(0, 256, (32, 32), dtype=np.uint8) for _ in range(n)]
-    y = np.zeros((n, 2), np.uint8)
-    y[np.arange(n), np.arange(n) % 2] = 1
-    split = np.array(["train"] * 20 + ["test"] * 16)
-    ds = ImageSet(imgs, y, ["a", "No Finding"], np.array([f"i{i}" for i in range(n)]),
-                  np.array([f"p{i}" for i in range(n)]), split)
+    ds = two_label_set(rng, 36, np.array(["train"] * 20 + ["test"] * 16))
     logs: list[str] = []
     train(TrainConfig(method="dpsh-bce", nbits=16, input_size=32, width=0.125, epochs=1, batch_size=8,
                       pretrain_data=(str(p),), pretrain_epochs=1, pretrain_on_train=True,
@@ -244,12 +243,7 @@ def test_frozen_backbone_epochs_train_the_heads_only():
     from medhash_train.trainer import _seed_all, net_config_for
 
     rng = np.random.default_rng(3)
-    n = 32
-    imgs = [rng.integers(0, 256, (32, 32), dtype=np.uint8) for _ in range(n)]
-    y = np.zeros((n, 2), np.uint8)
-    y[np.arange(n), np.arange(n) % 2] = 1
-    ds = ImageSet(imgs, y, ["a", "No Finding"], np.array([f"i{i}" for i in range(n)]),
-                  np.array([f"p{i}" for i in range(n)]), np.array(["train"] * n))
+    ds = two_label_set(rng, 32)
     cfg = TrainConfig(method="dpsh-bce", nbits=16, input_size=32, width=0.125, epochs=2, batch_size=16,
                       freeze_backbone_epochs=1, progress=False)
     _seed_all(cfg.seed)                       # what train() does before it builds the network
@@ -267,12 +261,7 @@ def test_frozen_backbone_epochs_train_the_heads_only():
 
 def test_strong_and_mixed_views_train_and_need_the_contrastive_term():
     rng = np.random.default_rng(4)
-    n = 32
-    imgs = [rng.integers(0, 256, (32, 32), dtype=np.uint8) for _ in range(n)]
-    y = np.zeros((n, 2), np.uint8)
-    y[np.arange(n), np.arange(n) % 2] = 1
-    ds = ImageSet(imgs, y, ["a", "No Finding"], np.array([f"i{i}" for i in range(n)]),
-                  np.array([f"p{i}" for i in range(n)]), np.array(["train"] * n))
+    ds = two_label_set(rng, 32)
     base = dict(method="dpsh-bce", nbits=16, input_size=32, width=0.125, epochs=1, batch_size=16,
                 contrastive=1.0, contrastive_on="features", progress=False)
     losses = {v: train(TrainConfig(**base, views=v), ds, log=lambda s: None).history[0]["loss"]
