@@ -265,8 +265,8 @@ def test_strong_and_mixed_views_train_and_need_the_contrastive_term():
     base = dict(method="dpsh-bce", nbits=16, input_size=32, width=0.125, epochs=1, batch_size=16,
                 contrastive=1.0, contrastive_on="features", progress=False)
     losses = {v: train(TrainConfig(**base, views=v), ds, log=lambda s: None).history[0]["loss"]
-              for v in ("light", "strong", "mixed", "mild")}
-    assert all(math.isfinite(x) for x in losses.values()) and len(set(losses.values())) == 4, losses
+              for v in ("light", "strong", "mixed", "mild", "mild-nt")}
+    assert all(math.isfinite(x) for x in losses.values()) and len(set(losses.values())) == 5, losses
     with pytest.raises(ValueError, match="views"):
         TrainConfig(views="strong")              # no contrastive term
     with pytest.raises(ValueError, match="views must be one of"):

@@ -38,7 +38,7 @@ from medhash_sdk.preprocessing import Preprocessing
 from .attention import AttentionHashNet, NetConfig, build_model
 from .contrastive import CONTRASTIVE_ON, ProjectionHead, nt_xent, strong_augment
 
-VIEWS = ("light", "strong", "mixed", "mild")
+VIEWS = ("light", "strong", "mixed", "mild", "mild-nt")
 from .evaluate import torch_codes
 from .losses import METHODS, make_loss
 
@@ -83,7 +83,8 @@ class TrainConfig:
     freeze_backbone_epochs: int = 0  # first epochs train the heads only (LP-FT: keeps pretrained features)
     views: str = "light"             # the two views: "light" (augment), "strong" (SimCLR's crops, gamma, noise),
                                      # "mixed" (one of each; the classifier learns from the light one only),
-                                     # "mild" (as mixed, the strong view cropping >= 70% and less noise)
+                                     # "mild" (as mixed, the strong view cropping >= 70% and less noise),
+                                     # "mild-nt" (as mild, and the pair loss too sees the light view only)
     recipe: str | None = None        # the medhash_train.recipes name it started from (recorded only)
     ema: float = 0.0                 # > 0: keep (and return) an exponential moving average of the weights, this decay per step
 
@@ -288,7 +289,7 @@ def train(cfg: TrainConfig, ds: ImageSet, log: Callable[[str], None] | None = No
                     first = augment(xb, gen) if cfg.views != "strong" else strong_augment(xb, gen)
                     if cfg.views == "light":
                         second = augment(xb, gen)
-                    elif cfg.views == "mild":
+                    elif cfg.views in ("mild", "mild-nt"):
                         second = strong_augment(xb, gen, min_area=0.7, noise=0.05)
                     else:
                         second = strong_augment(xb, gen)
@@ -300,9 +301,10 @@ def train(cfg: TrainConfig, ds: ImageSet, log: Callable[[str], None] | None = No
                 xb = augment(xb, gen)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
                 u, _, _, logits, feat = model.forward_features(xb)
-            loss = loss_fn(u.float(), yb)
+            paired = len(idx) if two and cfg.views == "mild-nt" else len(yb)   # mild-nt: the light view only
+            loss = loss_fn(u[:paired].float(), yb[:paired])
             if mu > 0:
-                seen = len(idx) if two and cfg.views in ("mixed", "mild") else len(yb)   # the light view only
+                seen = len(idx) if two and cfg.views in ("mixed", "mild", "mild-nt") else len(yb)   # the light view only
                 loss = loss + mu * F.binary_cross_entropy_with_logits(logits[:seen].float(), yb[:seen],
                                                                       pos_weight=pos_weight)
             if two:
