@@ -48,7 +48,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "con-features-pre-128b": dict(_PRE, nbits=128),
     "con-features-pre-128b-ema": dict(_PRE, nbits=128, ema=0.99),
     "con-features-pre-256b-ema": dict(_PRE, nbits=256, ema=0.99),
-    "con-features-pre-128b-ema0.995": dict(_PRE, nbits=128, ema=0.995),   # the shipped default model
+    "con-features-pre-128b-ema0.995": dict(_PRE, nbits=128, ema=0.995),   # the default model until 2026-12-06
     "con-features-pre60-128b-ema0.995": dict(_PRE, nbits=128, ema=0.995, pretrain_epochs=60),
     "con-features-pre-128b-ema0.998": dict(_PRE, nbits=128, ema=0.998),
     # the pretraining pool also holds the training split's own NIH radiographs (per fold in
@@ -64,7 +64,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "con-features-pre-128b-ema0.995-strong": dict(_PRE, nbits=128, ema=0.995, views="strong"),
     "con-features-pre-128b-ema0.995-mixed": dict(_PRE, nbits=128, ema=0.995, views="mixed"),
     "con-features-pre-128b-ema0.995-mild": dict(_PRE, nbits=128, ema=0.995, views="mild"),
-    "con-features-pre-128b-ema0.995-mild-nt": dict(_PRE, nbits=128, ema=0.995, views="mild-nt"),
+    "con-features-pre-128b-ema0.995-mild-nt": dict(_PRE, nbits=128, ema=0.995, views="mild-nt"),   # the shipped default model
     "con-features-pre-128b-ema0.995-balanced": dict(_PRE, nbits=128, ema=0.995, balanced=True),
     "paper": dict(method="attention", nbits=64, input_size=64, width=0.5, epochs=60, batch_size=64, lr=1e-3,
                   box_jitter=1.0, min_evidence=0.1),
