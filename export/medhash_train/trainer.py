@@ -19,6 +19,7 @@ never looked at here.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 import sys
@@ -37,8 +38,6 @@ from medhash_sdk.preprocessing import Preprocessing
 
 from .attention import AttentionHashNet, NetConfig, build_model
 from .contrastive import CONTRASTIVE_ON, ProjectionHead, nt_xent, strong_augment
-
-VIEWS = ("light", "strong", "mixed", "mild", "mild-nt")
 from .evaluate import torch_codes
 from .losses import METHODS, make_loss
 
@@ -118,7 +117,7 @@ class TrainConfig:
         if not 0 <= self.freeze_backbone_epochs < self.epochs:
             raise ValueError(f"freeze_backbone_epochs must be in [0, epochs = {self.epochs}), got {self.freeze_backbone_epochs}")
         if self.views not in VIEWS:
-            raise ValueError(f"views must be one of {VIEWS}, got {self.views!r}")
+            raise ValueError(f"views must be one of {tuple(VIEWS)}, got {self.views!r}")
         if self.views != "light" and self.contrastive <= 0:
             raise ValueError(f"views={self.views!r} changes the two contrastive views: set contrastive > 0")
         if self.pretrain_on_train and self.pretrain_epochs <= 0:
@@ -172,6 +171,17 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     contrast = (0.85 + 0.3 * r[:, 4]).view(b, 1, 1, 1).to(x.dtype)
     bright = ((r[:, 5] - 0.5) * 0.4).view(b, 1, 1, 1).to(x.dtype)
     return x * contrast + bright
+
+
+_MILD = functools.partial(strong_augment, min_area=0.7, noise=0.05)
+# TrainConfig.views: (first view, second view, does the classifier see both?, does the pair loss?)
+VIEWS: dict[str, tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor], bool, bool]] = {
+    "light": (augment, augment, True, True),
+    "strong": (strong_augment, strong_augment, True, True),
+    "mixed": (augment, strong_augment, False, True),
+    "mild": (augment, _MILD, False, True),
+    "mild-nt": (augment, _MILD, False, False),
+}
 
 
 def _cls_pos_weight(y: np.ndarray) -> torch.Tensor:
@@ -252,6 +262,7 @@ def train(cfg: TrainConfig, ds: ImageSet, log: Callable[[str], None] | None = No
         opt, lambda s: min(1.0, (s + 1) / max(1, steps_per_epoch)) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     warm = cfg.resolved_warmup
+    first_view, second_view, classify_both, pairs_both = VIEWS[cfg.views]
     # The weight average (if any) is what is validated, reported and returned: the raw weights only train.
     ema = None
     if cfg.ema > 0:
@@ -284,27 +295,17 @@ def train(cfg: TrainConfig, ds: ImageSet, log: Callable[[str], None] | None = No
             idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
             xb, yb = x_tr[idx], y_tr[idx]
             two = cfg.contrastive > 0
-            if two:      # two views of each image; every loss sees both
-                if cfg.augment:
-                    first = augment(xb, gen) if cfg.views != "strong" else strong_augment(xb, gen)
-                    if cfg.views == "light":
-                        second = augment(xb, gen)
-                    elif cfg.views in ("mild", "mild-nt"):
-                        second = strong_augment(xb, gen, min_area=0.7, noise=0.05)
-                    else:
-                        second = strong_augment(xb, gen)
-                    xb = torch.cat([first, second])
-                else:
-                    xb = torch.cat([xb, xb])
+            if two:      # two views of each image (TrainConfig.views says which losses see the second)
+                xb = torch.cat([first_view(xb, gen), second_view(xb, gen)] if cfg.augment else [xb, xb])
                 yb = torch.cat([yb, yb])
             elif cfg.augment:
                 xb = augment(xb, gen)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
                 u, _, _, logits, feat = model.forward_features(xb)
-            paired = len(idx) if two and cfg.views == "mild-nt" else len(yb)   # mild-nt: the light view only
+            paired = len(yb) if pairs_both else len(idx)
             loss = loss_fn(u[:paired].float(), yb[:paired])
             if mu > 0:
-                seen = len(idx) if two and cfg.views in ("mixed", "mild", "mild-nt") else len(yb)   # the light view only
+                seen = len(yb) if classify_both else len(idx)
                 loss = loss + mu * F.binary_cross_entropy_with_logits(logits[:seen].float(), yb[:seen],
                                                                       pos_weight=pos_weight)
             if two:
