@@ -223,16 +223,15 @@ def main(argv: list[str] | None = None) -> int:
     tab = table(done, a.folds, a.fold_seed, sorted({0, *a.seeds}) if a.table_only else a.seeds, scheme=a.scheme)
     cmd = "PYTHONPATH=.:export python benchmarks/model_selection.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if a.scheme == "cross-source":
-        note = ("\n\nCross-source validation on the 1,669 train + val images of the NIH split: trained on their "
+        what = ("Cross-source validation on the 1,669 train + val images of the NIH split: trained on their "
                 "nih1000_64 images, scored on their nih_extra_128 images of other patients, and the reverse "
-                "(unseen-archive protocol); per-image APs of both directions pooled; 95% intervals: patient "
-                "bootstrap (2,000 replicates), paired for differences. No test image is read. Made by:\n\n    "
-                + cmd + "\n")
+                "(unseen-archive protocol); per-image APs of both directions pooled")
     else:
-        note = (f"\n\n{a.folds}-fold patient-grouped cross-validation over the 1,669 train + val images of the NIH "
-                f"split (fold seed {a.fold_seed}); unseen-archive protocol inside each held-out fold, per-image APs "
-                "pooled over the folds; 95% intervals: patient bootstrap (2,000 replicates), paired for differences. "
-                "Recipes in benchmarks/model_selection.py RECIPES. Made by:\n\n    " + cmd + "\n")
+        what = (f"{a.folds}-fold patient-grouped cross-validation over the 1,669 train + val images of the NIH split "
+                f"(fold seed {a.fold_seed}); unseen-archive protocol inside each held-out fold, per-image APs pooled "
+                "over the folds")
+    note = (f"\n\n{what}; 95% intervals: patient bootstrap (2,000 replicates), paired for differences. No test "
+            "image is read. Recipes in benchmarks/model_selection.py RECIPES. Made by:\n\n    " + cmd + "\n")
     with open(os.path.join(out, "table.md"), "w") as fh:
         fh.write(tab + note)
     print(tab + note)
