@@ -1,10 +1,11 @@
 """Throughput and latency of `medhash serve`, on 127.0.0.1 only, bounded in count and time.
 
-    python benchmarks/bench_serve.py [--files 192] [--codes 1000000] [--id-requests 10000]
+    python benchmarks/bench_serve.py [--files 384] [--rounds 4] [--codes 1000000] [--id-requests 10000]
 
 1. Search by upload, concurrency 32 (real 1024 x 1024 NIH PNGs, the bundled model) against the
    Encoder's own from-files rate (Encoder.encode over the same files) measured in the same run,
-   in alternating rounds so both see the same machine load. Target: >= 85% of it.
+   in alternating rounds so both see the same machine load. Target: >= 85% of it. Beside it,
+   the server's CPU time a request and the share of the cores left idle in each (Linux).
 2. Adds, concurrency 32 (the same PNGs, new ids each), durability on (SQLite WAL,
    synchronous=FULL, group commit): items/s.
 3. Search by stored id over 1,000,000 codes (random 64-bit codes written straight into a data
@@ -167,6 +168,19 @@ class Server:
             self.proc.kill()
 
 
+def idle_counter() -> tuple[int, int]:
+    """(idle + iowait, all) jiffies of the machine so far, from /proc/stat; (0, 0) elsewhere."""
+    try:
+        v = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return v[3] + v[4], sum(v)
+
+
+def idle_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    return (after[0] - before[0]) / max(1, after[1] - before[1])
+
+
 def scan_batch(port: int, token: str) -> float:
     """Mean searches per scan so far, from the server's /metrics."""
     import urllib.request
@@ -237,8 +251,8 @@ def by_id_run(args: argparse.Namespace, tmp: Path, enc: object, model: str) -> t
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--files", type=int, default=192, help="uploads / adds per measurement (default 192)")
-    ap.add_argument("--rounds", type=int, default=2, help="alternating Encoder / service rounds (default 2)")
+    ap.add_argument("--files", type=int, default=384, help="uploads / adds per measurement (default 384)")
+    ap.add_argument("--rounds", type=int, default=4, help="alternating Encoder / service rounds (default 4)")
     ap.add_argument("--codes", type=int, default=1_000_000, help="codes for the search-by-id run")
     ap.add_argument("--id-requests", type=int, default=10_000)
     ap.add_argument("--concurrency", type=int, default=32)
@@ -277,18 +291,22 @@ def main() -> int:
         searches = [http_request("POST", "/v1/search", read, *multipart({"k": "10"}, files[i].name, blobs[i]))
                     for i in range(len(files))]
         load(server.port, read, searches[:32], args.concurrency, args.limit_s)     # warm-up
-        enc_rates, ups = [], []
+        enc_rates, enc_idle, ups = [], [], []
         for r in range(args.rounds):
-            t = time.perf_counter()
+            t, idle0 = time.perf_counter(), idle_counter()
             enc.encode(files, batch_size=64)
             enc_rates.append(len(files) / (time.perf_counter() - t))
+            enc_idle.append(idle_share(idle0, idle_counter()))
+            cpu, idle0 = server.cpu_s(), idle_counter()
             ups.append(load(server.port, read, searches, args.concurrency, args.limit_s))
+            ups[-1]["idle"] = idle_share(idle0, idle_counter())
+            ups[-1]["server_cpu_ms"] = (server.cpu_s() - cpu) / max(1, ups[-1]["n"]) * 1e3
             print(f"round {r}: Encoder {enc_rates[-1]:.1f} files/s, service {ups[-1]}", file=sys.stderr)
     finally:
         server.stop()
     enc_rate = float(np.mean(enc_rates))
     up_rate = float(np.mean([u["rate"] for u in ups]))
-    lat = {k: float(np.mean([u[k] for u in ups])) for k in ("p50", "p95", "p99")}
+    lat = {k: float(np.mean([u[k] for u in ups])) for k in ("p50", "p95", "p99", "idle", "server_cpu_ms")}
     up_errors = sum(u["errors"] for u in ups)
 
     by_id, start_s, fill_s = by_id_run(args, tmp, enc, model)
@@ -297,11 +315,12 @@ def main() -> int:
     ratio = up_rate / enc_rate
     rows = [
         ("Encoder from files (Encoder.encode, batch 64), same run", f"{enc_rate:.1f} images/s "
-         f"({', '.join(f'{x:.1f}' for x in enc_rates)})"),
+         f"({', '.join(f'{x:.1f}' for x in enc_rates)}); cores idle {np.mean(enc_idle):.0%}"),
         (f"search by upload, concurrency {args.concurrency}, {len(files)} x {args.rounds} requests",
          f"{up_rate:.1f} requests/s = **{ratio:.2f}** of the Encoder (target >= 0.85: "
          f"{'met' if ratio >= 0.85 else 'NOT met'}); p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, "
-         f"p99 {lat['p99']:.0f} ms; {up_errors} errors"),
+         f"p99 {lat['p99']:.0f} ms; {up_errors} errors; server CPU {lat['server_cpu_ms']:.2f} ms a request; "
+         f"cores idle {lat['idle']:.0%}"),
         (f"adds, concurrency {args.concurrency}, durable (WAL, synchronous=FULL, group commit)",
          f"{add['rate']:.1f} items/s; p50 {add['p50']:.0f} ms, p99 {add['p99']:.0f} ms; {add['errors']} errors"),
         (f"search by stored id, {args.codes:,} codes, concurrency {args.concurrency}, {by_id['n']:,} requests",

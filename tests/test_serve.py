@@ -207,6 +207,18 @@ def test_bad_input_is_4xx_with_one_line_never_500(tmp_path, model):
             (s.client.post("/v1/search", content=b"{", headers={**s.r, "Content-Type": "application/json"}), 422, ""),
             (s.client.post("/v1/search", content=b"id=a", headers={**s.r, "Content-Type": "text/plain"}), 415, ""),
             (s.search({"dicomweb": {"sop_instance_uid": "1.2.3"}}), 400, "--dicomweb-url"),
+            # searches by upload are answered by the gate itself (app.Gate.direct): the same answers
+            (s.client.post("/v1/search", files={"file": ("x.png", b"not an image")}, headers=s.r), 422,
+             "unreadable image"),
+            (s.client.post("/v1/search", files={"file": ("x.png", png)}, headers=s.r), 422, "exceeds the limit"),
+            (s.client.post("/v1/search", files={"file": ("x.png", b"\0" * (2 << 20))}, headers=s.r), 413,
+             "over the limit"),
+            (s.client.post("/v1/search", files={"k": (None, "3")}, headers=s.r), 422, "'file'"),
+            (s.client.post("/v1/search?explain=maybe", files={"file": ("x.png", png)}, headers=s.r), 422, "explain"),
+            (s.client.post("/v1/search", files={"file": ("x.png", png)}, data={"kos": "1"}, headers=s.r), 400,
+             "--kos-stow-url"),
+            (s.client.post("/v1/search", content=b"--b\r\nno headers end", headers={
+                **s.r, "Content-Type": "multipart/form-data; boundary=b"}), 400, "malformed"),
         ]
         for r, status, words in cases:
             assert r.status_code == status, (r.status_code, r.text)
@@ -217,6 +229,61 @@ def test_bad_input_is_4xx_with_one_line_never_500(tmp_path, model):
 
 
 # ------------------------------------------------------------------ search
+
+def test_encode_pipeline_batches_waiting_images_and_fails_only_the_bad_one():
+    """EncodePipeline: what waits while the model runs goes in one model call; an input the
+    model refuses fails alone (the batch is retried one by one); a prepare() error is its own."""
+    import threading
+
+    from medhash_sdk.serve.encoding import EncodePipeline
+    from medhash_sdk.serve.service import BadInput
+
+    class Model:
+        def __init__(self) -> None:
+            self.batches: list[int] = []
+            self.hold = threading.Event()
+
+        def outputs_preprocessed(self, x: np.ndarray) -> dict[str, np.ndarray]:
+            self.batches.append(len(x))
+            self.hold.wait(10)
+            if (x[:, 0, 0, 0] < 0).any():
+                raise ValueError("the model refuses a negative pixel")
+            logits = np.where(np.arange(16)[None, :] < x[:, 0, 0, :1], 1.0, -1.0)   # value v: v leading ones
+            return {"code_logits": logits, "attention": np.ones((len(x), 1, 2, 2), np.float32)}
+
+    model = Model()
+    pipe = EncodePipeline(model, decode_threads=3, max_batch=8)
+    try:
+        first = pipe.submit(lambda: (np.full((1, 2, 2), 1.0, np.float32), "first"))
+        while not model.batches:      # the model thread now holds the first image
+            threading.Event().wait(0.01)
+
+        def failing() -> tuple[np.ndarray, str]:
+            raise BadInput("unreadable image: test")
+
+        values = [3.0, -1.0, 5.0, 8.0]
+        futures = [pipe.submit(lambda v=v: (np.full((1, 2, 2), v, np.float32), f"v{v}")) for v in values]
+        bad = pipe.submit(failing)
+        with pytest.raises(BadInput, match="unreadable"):
+            bad.result(10)
+        while pipe._q.qsize() < len(values):
+            threading.Event().wait(0.01)
+        model.hold.set()
+        assert first.result(10).context == "first"
+        for v, f in zip(values, futures):
+            if v < 0:
+                with pytest.raises(ValueError, match="refuses"):
+                    f.result(10)
+                continue
+            enc = f.result(10)
+            bits = np.unpackbits(enc.code)
+            assert enc.context == f"v{v}" and bits.sum() == v and bits[: int(v)].all()
+            assert enc.attention.shape == (2, 2)
+        assert model.batches[:2] == [1, 4] and sorted(model.batches[2:]) == [1, 1, 1, 1]
+    finally:
+        model.hold.set()
+        pipe.close()
+
 
 def test_search_equals_a_fresh_index_and_filters_apply_inside_the_scan(svc):
     from medhash_sdk import Encoder

@@ -42,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "needs --dicomweb-url to read the matched studies' patient module")
     p.add_argument("--snapshot-interval", type=positive_number, default=300.0,
                    help="seconds between index snapshots while items change (default 300)")
+    p.add_argument("--decode-threads", type=positive_int, default=None,
+                   help="threads decoding uploads and DICOM instances (default: two per core, at least 4)")
     p.add_argument("--providers", default="auto", help="ONNX Runtime providers (default auto)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--ready-file", default=None, help=argparse.SUPPRESS)   # tests: the bound ports, as JSON
@@ -67,5 +69,6 @@ def run(args: argparse.Namespace) -> int:
         dicom_allow=[a.strip() for a in args.dicom_allow.split(",") if a.strip()] if args.dicom_allow else None,
         tls_cert=args.tls_cert, tls_key=args.tls_key, max_upload=int(args.max_upload_mb * (1 << 20)),
         max_pixels=args.max_pixels or MAX_PIXELS, dicomweb_url=args.dicomweb_url, kos_stow_url=args.kos_stow_url,
-        snapshot_interval=args.snapshot_interval, providers=providers(args.providers))
+        snapshot_interval=args.snapshot_interval, decode_threads=args.decode_threads,
+        providers=providers(args.providers))
     return serve(settings, log_level=args.log_level, ready_file=args.ready_file)

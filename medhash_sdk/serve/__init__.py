@@ -7,14 +7,15 @@ Layers (each module imports only those above it in this list, plus the runtime):
     tokens    bearer tokens: created once, stored as SHA-256, roles read / write
     catalog   the in-memory Index plus the filter columns, rebuilt from the database
     writer    one thread that commits writes in groups (durable before anyone is answered)
-    encoding  decode + micro-batched analyze() + thumbnails and heatmaps
+    encoding  decode threads feeding one micro-batching model thread; thumbnails and heatmaps
     dicom     metadata of DICOM instances (no patient fields kept), the C-STORE SCP
     dicomweb  STOW-RS parsing and answers, the WADO-RS / QIDO-RS client, KOS output
     audit     the append-only JSON-lines audit log
     metrics   Prometheus metrics
     service   the operations (add, get, delete, search) that the routes and the SCP share
-    forms     multipart/form-data uploads parsed in the worker thread
-    app       the FastAPI application (routes, auth, errors, the viewer page)
+    forms     multipart/form-data uploads parsed off the event loop, in one call
+    app       the FastAPI application (routes, errors, the viewer page) inside the gate (auth,
+              upload limit, audit, metrics; it answers searches by upload itself)
     server    start-up: data folder, model, SCP, uvicorn
 
 The runtime (``medhash_sdk`` without this subpackage) never imports it; its dependencies are

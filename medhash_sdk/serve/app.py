@@ -23,7 +23,7 @@ import json
 import logging
 import time
 from importlib import resources
-from typing import Any, Optional, Union
+from typing import Any, MutableMapping, Optional, Union
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -132,6 +132,33 @@ def _audit(request: Request, **fields: Any) -> None:
     request.state.audit = {**getattr(request.state, "audit", {}), **fields}
 
 
+def _audit_answer(request: Request, out: dict[str, Any]) -> None:
+    _audit(request, returned=[r["id"] for r in out["results"]])
+    if "kos" in out:
+        _audit(request, kos=[d["sop_instance_uid"] for d in out["kos"]["sent"]])
+
+
+def error_response(e: Exception, scope: MutableMapping[str, Any]) -> JSONResponse:
+    """The one-line JSON answer to an error: BadInput and HTTPException say what is wrong (4xx);
+    anything else is a bug, logged with its traceback and answered 500 without it."""
+    if isinstance(e, BadInput):
+        return JSONResponse({"detail": str(e)}, status_code=e.status)
+    if isinstance(e, HTTPException):
+        return JSONResponse({"detail": e.detail}, status_code=e.status_code, headers=e.headers)
+    log.error("internal error on %s %s", scope.get("method"), scope.get("path"), exc_info=e)
+    return JSONResponse({"detail": f"internal error ({type(e).__name__}); logged"}, status_code=500)
+
+
+def parse_flag(name: str, value: str | None) -> bool | None:
+    """A true/false form field or query parameter (None: not given); BadInput otherwise."""
+    v = (value or "").strip().lower()
+    if not v:
+        return None
+    if v not in ("true", "false", "1", "0", "on", "off", "yes", "no"):
+        raise BadInput(f"{name} must be true or false, got {v[:20]!r}")
+    return v in ("true", "1", "on", "yes")
+
+
 def create_app(service: Service) -> FastAPI:
     app = FastAPI(title="medhash similar-case service", version=__version__,
                   description="Search similar medical images by deep hashing (medhash-sdk). Every route but "
@@ -164,7 +191,7 @@ def create_app(service: Service) -> FastAPI:
     # -------------------------------------------------------------- errors: one line, never a traceback
     @app.exception_handler(BadInput)
     async def _bad(request: Request, e: BadInput) -> JSONResponse:
-        return JSONResponse({"detail": str(e)}, status_code=e.status)
+        return error_response(e, request.scope)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
@@ -176,8 +203,7 @@ def create_app(service: Service) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, e: Exception) -> JSONResponse:  # pragma: no cover - a bug
-        log.error("internal error on %s %s", request.method, request.url.path, exc_info=e)
-        return JSONResponse({"detail": f"internal error ({type(e).__name__}); logged"}, status_code=500)
+        return error_response(e, request.scope)
 
     # -------------------------------------------------------------- public
     @app.get("/", include_in_schema=False)
@@ -211,7 +237,7 @@ def create_app(service: Service) -> FastAPI:
 
     # -------------------------------------------------------------- items
     def _file_form(request: Request, body: bytes, what: str) -> Form:
-        """The form of an upload (parsed in the worker thread: forms.py says why)."""
+        """The form of an upload (parsed off the event loop: forms.py says why)."""
         form = parse_form(body, request.headers.get("content-type", ""))
         if form.filename is None:
             raise BadInput(f"the multipart field 'file' ({what}) is missing")
@@ -313,29 +339,42 @@ def create_app(service: Service) -> FastAPI:
                 _audit(request, query=[body.dicomweb.sop_instance_uid])
                 out = await run_in_threadpool(_search_dicomweb, body.dicomweb.model_dump(), params, explain)
         elif ctype.startswith("multipart/form-data"):
-            out = await run_in_threadpool(_search_upload, request, await request.body(), explain)
-            if out["query"].get("sop_instance_uid"):
-                _audit(request, query=[out["query"]["sop_instance_uid"]])
+            return JSONResponse(await search_by_upload(request, explain))   # (the gate usually answers these)
         else:
             raise BadInput("send multipart/form-data with a 'file' part, or JSON {\"id\": ...}", 415)
-        _audit(request, returned=[r["id"] for r in out["results"]])
-        if "kos" in out:
-            _audit(request, kos=[d["sop_instance_uid"] for d in out["kos"]["sent"]])
+        _audit_answer(request, out)
         return JSONResponse(out)
+
+    async def search_by_upload(request: Request, explain: bool) -> dict[str, Any]:
+        """POST /v1/search with a multipart upload: the form is parsed and the image decoded in a
+        decode thread, the model batches in its own, and the scan and the answer run here."""
+        body = await request.body()
+        params: dict[str, Any] = {}
+
+        def unpack() -> tuple[bytes, str, Optional[str]]:   # in a decode thread, not on the loop
+            form = _file_form(request, body, "the query image")
+            params.update(_form_params(form.fields))
+            service.parse_search(params)
+            _audit(request, query=[form.filename or "upload"])
+            return form.data, form.filename or "", params.get("patient_id")
+
+        q = await service.query_from_upload_async(unpack, explain)
+        if params.get("kos"):   # sends documents over the network: a worker thread
+            out = await run_in_threadpool(service.search, q, params, explain)
+        else:
+            out = await service.search_async(q, params, explain)
+        if out["query"].get("sop_instance_uid"):
+            _audit(request, query=[out["query"]["sop_instance_uid"]])
+        _audit_answer(request, out)
+        return out
+
+    app.state.search_by_upload = search_by_upload
 
     def _search_item(item_id: str, params: dict[str, Any], explain: bool) -> dict[str, Any]:
         return service.search(service.query_from_item(item_id), params, explain)
 
     def _search_dicomweb(ref: dict[str, Any], params: dict[str, Any], explain: bool) -> dict[str, Any]:
         return service.search(service.query_from_dicomweb(ref, params.get("patient_id"), explain), params, explain)
-
-    def _search_upload(request: Request, body: bytes, explain: bool) -> dict[str, Any]:
-        form = _file_form(request, body, "the query image")
-        params = _form_params(form.fields)
-        service.parse_search(params)
-        _audit(request, query=[form.filename or "upload"])
-        return service.search(service.query_from_upload(form.data, form.filename or "", params.get("patient_id"),
-                                                        explain), params, explain)
 
     # -------------------------------------------------------------- STOW-RS
     @app.post("/v1/dicomweb/studies", tags=["dicomweb"], responses=ERRORS,
@@ -389,11 +428,9 @@ def _form_params(raw: dict[str, str]) -> dict[str, Any]:
         if raw.get(name, "").strip():
             p[name] = raw[name].strip()
     for name in ("exclude_same_patient", "kos"):
-        v = raw.get(name, "").strip().lower()
-        if v:
-            if v not in ("true", "false", "1", "0", "on", "off", "yes", "no"):
-                raise BadInput(f"{name} must be true or false, got {v[:20]!r}")
-            p[name] = v in ("true", "1", "on", "yes")
+        flag = parse_flag(name, raw.get(name))
+        if flag is not None:
+            p[name] = flag
     return p
 
 
@@ -404,11 +441,34 @@ _PUBLIC = {("GET", "/"), ("GET", "/healthz"), ("HEAD", "/"), ("HEAD", "/healthz"
 class Gate:
     """Pure ASGI middleware around the app, the one place of: bearer-token auth (401 / 403), the
     upload limit (413 before reading past it), and after each request one audit line and the
-    request metrics."""
+    request metrics.
 
-    def __init__(self, app: Any, service: Service):
+    It also answers the hot route itself, a search by upload (POST /v1/search, multipart), with
+    the app's own handler but without FastAPI's middleware and routing on the event loop: under
+    32 concurrent uploads on 2 cores that loop work delayed every thread waiting for the GIL
+    (~6% more uploads/s without it, benchmarks/bench_serve.py)."""
+
+    def __init__(self, app: FastAPI, service: Service):
         self.app, self.service = app, service
         self.max_body = int(service.settings.max_upload)
+        self.search_by_upload = app.state.search_by_upload
+        self.search_route = next(r for r in app.routes if getattr(r, "path", None) == "/v1/search")
+
+    @staticmethod
+    def direct(scope: dict[str, Any]) -> bool:
+        """A search by upload: answered by the gate (see the class)."""
+        return scope.get("method") == "POST" and scope.get("path") == "/v1/search" and \
+            _header(scope, b"content-type").startswith(b"multipart/form-data")
+
+    async def _search_by_upload(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        scope["route"] = self.search_route       # for the metrics and the audit line, as FastAPI would
+        request = Request(scope, receive)
+        try:
+            explain = bool(parse_flag("explain", request.query_params.get("explain")))
+            response = JSONResponse(await self.search_by_upload(request, explain))
+        except Exception as e:  # noqa: BLE001 - every error is answered in one line
+            response = error_response(e, scope)
+        await response(scope, receive, send)
 
     @staticmethod
     def needs(method: str, path: str) -> str:
@@ -426,7 +486,7 @@ class Gate:
         need = self.needs(scope.get("method", ""), scope.get("path", ""))
         if need == PUBLIC:
             return None
-        header = next((v for k, v in scope.get("headers", ()) if k == b"authorization"), b"").decode("latin-1")
+        header = _header(scope, b"authorization").decode("latin-1")
         scheme, _, credentials = header.partition(" ")
         tok = self.service.tokens.lookup(credentials.strip()) if scheme.lower() == "bearer" and credentials else None
         if tok is None:
@@ -456,7 +516,7 @@ class Gate:
             finally:
                 self._record(scope, status[0], time.perf_counter() - t0)
             return
-        length = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), None)
+        length = _header(scope, b"content-length") or None
         try:
             too_big = length is not None and int(length) > limit
         except ValueError:
@@ -479,7 +539,10 @@ class Gate:
             return message
 
         try:
-            await self.app(scope, counted, send_status)
+            if self.direct(scope):
+                await self._search_by_upload(scope, counted, send_status)
+            else:
+                await self.app(scope, counted, send_status)
         finally:
             self._record(scope, status[0] or 500, time.perf_counter() - t0)
 
@@ -499,6 +562,11 @@ class Gate:
                                   "status": status, "ms": round(seconds * 1e3, 2),
                                   "query": audit.get("query", []), "returned": audit.get("returned", []),
                                   **{k: v for k, v in audit.items() if k not in ("query", "returned")}})
+
+
+def _header(scope: dict[str, Any], name: bytes) -> bytes:
+    """A request header's raw value (b"" when absent); `name` in lower case."""
+    return next((v for k, v in scope.get("headers", ()) if k == name), b"")
 
 
 async def _refuse(send: Any, status: int, detail: str) -> None:

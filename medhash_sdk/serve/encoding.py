@@ -1,23 +1,31 @@
-"""Images in the service: decode in the request's thread, run the model on micro-batches.
+"""Images in the service: a few decoding threads feed one model thread.
 
-Decoding (OpenCV, pydicom) runs in the thread that serves the request, with the Encoder's
-readers and limits. The decoded pixels then go to one batching thread that hands everything
-queued at that moment (up to ``max_batch``) to one ``Encoder.analyze`` call: under load,
-concurrent requests share model runs the way ``Encoder.encode`` batches files, and a lone
-request waits for nobody (no timer). analyze() gives the attention map with the code, for the
-heatmaps, at no extra cost.
+submit(prepare) runs ``prepare()`` (reading the upload, decoding it with the Encoder's readers
+and limits, the model's preprocessing) in one of ``decode_threads`` long-lived threads, then
+queues the network input for the model thread, which hands everything queued at that moment (up
+to ``max_batch``) to one model run: under load, concurrent requests share model runs the way
+``Encoder.encode`` batches files, and a lone request waits for nobody (no timer). The model
+gives the attention map with the code, for the heatmaps, at no extra cost.
+
+Why a small pool and not the request's own thread: with 32 concurrent uploads on 2 cores, 32
+threads each decoding, waiting for the model and waking again spent ~15% of the time with a
+core idle (threads waiting for the GIL, woken tasks queued behind the other core);
+a few threads that take the next upload as soon as they finish one keep the cores busy
+(benchmarks/bench_serve.py; README, "Service").
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import logging
 import queue
 import threading
-from concurrent.futures import Future
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Generic, TypeVar
 
 import numpy as np
 
+from ..codes import pack_codes
 from ..exceptions import MedhashError
 from ..readers import Image, read_bytes
 from .groups import take_group
@@ -25,67 +33,77 @@ from .groups import take_group
 log = logging.getLogger("medhash.serve")
 
 THUMBNAIL_SIDE = 256
+T = TypeVar("T")
 
 
 @dataclass
-class Encoded:
+class Encoded(Generic[T]):
     code: np.ndarray          # uint8 (nbytes,)
     attention: np.ndarray     # float32 (h, w) over the padded square network input
+    context: T                # what prepare() returned beside the network input
 
 
-class BatchAnalyzer:
-    """One thread running Encoder.analyze on whatever decoded images are waiting."""
+class EncodePipeline:
+    """Decode threads -> one model thread; submit() returns a Future of Encoded.
 
-    def __init__(self, encoder: Any, max_batch: int = 32, on_batch: Any = None):
+    prepare() returns (network input float32 (C, S, S), context). An exception it raises is the
+    Future's; a model failure is retried image by image, so only the input at fault fails.
+    """
+
+    def __init__(self, encoder: Any, *, decode_threads: int, max_batch: int = 32,
+                 on_batch: Callable[[int, float], None] | None = None):
         self.encoder = encoder
         self.max_batch = int(max_batch)
         self.on_batch = on_batch      # (batch size, seconds) -> None, for metrics
-        self._q: queue.Queue[tuple[np.ndarray, Future] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name="medhash-encoder", daemon=True)
-        self._thread.start()
+        self._decoders = cf.ThreadPoolExecutor(int(decode_threads), thread_name_prefix="medhash-decode")
+        self._q: queue.Queue[tuple[np.ndarray, Any, cf.Future] | None] = queue.Queue()
+        self._model = threading.Thread(target=self._loop, name="medhash-model", daemon=True)
+        self._model.start()
 
-    def submit(self, pixels: np.ndarray) -> Future:
-        f: Future = Future()
-        self._q.put((pixels, f))
-        return f
+    def submit(self, prepare: Callable[[], tuple[np.ndarray, T]]) -> cf.Future[Encoded[T]]:
+        out: cf.Future[Encoded[T]] = cf.Future()
+        self._decoders.submit(self._prepare, prepare, out)
+        return out
 
-    def encode(self, pixels: np.ndarray) -> Encoded:
-        return self.submit(pixels).result()
+    def _prepare(self, prepare: Callable[[], tuple[np.ndarray, T]], out: cf.Future) -> None:
+        try:
+            x, context = prepare()
+        except BaseException as e:  # noqa: BLE001 - the caller's to raise
+            out.set_exception(e)
+            return
+        self._q.put((x, context, out))
 
     def close(self) -> None:
+        self._decoders.shutdown(wait=True, cancel_futures=True)
         self._q.put(None)
-        self._thread.join(10)
+        self._model.join(10)
 
     def _loop(self) -> None:
-        import time
-
         while True:
             batch, stop = take_group(self._q, self.max_batch)
-            if not batch:
-                return
-            t0 = time.perf_counter()
-            self._run(batch)
-            if self.on_batch is not None:
-                self.on_batch(len(batch), time.perf_counter() - t0)
+            if batch:
+                t0 = time.perf_counter()
+                self._run(batch)
+                if self.on_batch is not None:
+                    self.on_batch(len(batch), time.perf_counter() - t0)
             if stop:
                 return
 
-    def _run(self, batch: list[tuple[np.ndarray, Future]]) -> None:
+    def _run(self, batch: list[tuple[np.ndarray, Any, cf.Future]]) -> None:
         try:
-            res = self.encoder.analyze([p for p, _ in batch], batch_size=len(batch), show_progress_bar=False)
-        except Exception:  # noqa: BLE001 - find the input at fault: run them one by one
+            out = self.encoder.outputs_preprocessed(np.stack([x for x, _, _ in batch]))
+        except Exception as e:  # noqa: BLE001 - find the input at fault: run them one by one
             if len(batch) > 1:
                 for one in batch:
                     self._run([one])
-                return
-            _, f = batch[0]
-            try:
-                res = self.encoder.analyze([batch[0][0]], show_progress_bar=False)
-            except Exception as e:  # noqa: BLE001
-                f.set_exception(e)
-                return
-        for i, (_, f) in enumerate(batch):
-            f.set_result(Encoded(res.codes[i].copy(), res.attention[i].copy()))
+            else:
+                batch[0][2].set_exception(e)
+            return
+        codes = pack_codes(out["code_logits"])
+        att = out["attention"]
+        att = att.reshape(att.shape[0], att.shape[-2], att.shape[-1])
+        for i, (_, context, f) in enumerate(batch):
+            f.set_result(Encoded(codes[i].copy(), att[i].astype(np.float32), context))
 
 
 def decode(data: bytes, source: str, *, max_pixels: int, suffix: str = "") -> Image:

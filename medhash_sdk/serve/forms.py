@@ -1,10 +1,11 @@
-"""multipart/form-data uploads parsed in one call, in a worker thread.
+"""multipart/form-data uploads parsed in one call, off the event loop.
 
 Starlette's form parser feeds every chunk of an upload through the event loop and a spooled
 temporary file; for image uploads of a few hundred kilobytes under concurrency that loop
 became the service's bottleneck (benchmarks/bench_serve.py). Here the route reads the body (the
-upload limit is enforced while it arrives, by the Gate) and the worker thread that decodes the
-image also parses the form, with python-multipart's parser directly."""
+upload limit is enforced while it arrives, by the Gate) and the thread that decodes the image
+(a decode thread for searches, a worker thread for adds) also parses the form, with
+python-multipart's parser directly."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,7 +1,8 @@
 """What the service does, independent of HTTP: add, replace, get, delete, search, ingest DICOM.
 
 The routes (app.py), the C-STORE SCP (dicom.py) and STOW-RS all call these. Methods block
-(decoding, the model, the database) and run in worker threads, never on the event loop.
+(decoding, the model, the database) and run in worker threads, never on the event loop; the
+``*_async`` ones wait on the event loop for the decode, model and scanner threads instead.
 """
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 from urllib.parse import quote
 
 import numpy as np
@@ -27,7 +29,7 @@ from .catalog import Catalog, Filters, LoopScanner, Scanner, norm_term
 from .db import Database
 from .dicom import (STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS, instance_metadata,
                     iso_date, looks_like_dicom)
-from .encoding import BatchAnalyzer, decode, heatmap_png, pack_attention, thumbnail, unpack_attention
+from .encoding import EncodePipeline, Encoded, decode, heatmap_png, pack_attention, thumbnail, unpack_attention
 from .metrics import Metrics
 from .tokens import TokenCache
 from .writer import ADD, DELETE, KEEP, PUT, Conflict, NewItem, NotFound, StorageError, Writer
@@ -38,6 +40,7 @@ MAX_K = 1000
 DEFAULT_MAX_UPLOAD = 64 << 20
 MAX_METADATA_BYTES = 64 << 10
 _ID = re.compile(r"^[^\x00-\x1f\x7f/\\?#%]{1,256}$")
+T = TypeVar("T")
 
 
 class BadInput(ValueError):
@@ -66,6 +69,7 @@ class Settings:
     snapshot_interval: float = 300.0     # seconds between index snapshots when items changed
     search_threads: int = 1              # cores one search scans with (concurrent requests use the others)
     max_batch: int = 32                  # images per model run
+    decode_threads: int | None = None    # threads decoding uploads (None: two per core, at least 4)
     providers: Any = "auto"
 
 
@@ -135,6 +139,14 @@ def terms(value: Any, name: str) -> list[str] | None:
     return vals
 
 
+def default_decode_threads() -> int:
+    """Two decoding threads per core, at least 4: enough that a core is never left waiting while
+    another thread holds the GIL, few enough that each keeps taking the next upload."""
+    from .._system import available_cpus
+
+    return max(4, 2 * available_cpus())
+
+
 class QueryCache:
     """Recent uploaded queries (thumbnail + attention) for their heatmap links; newest 512, 15 min."""
 
@@ -173,7 +185,9 @@ class Service:
         self.db.check_model(self.fingerprint, self.nbits, os.path.abspath(self.encoder.model_path))
         self.catalog = Catalog.rebuild(self.db, self.nbits, self.fingerprint)
         self.metrics = Metrics(lambda: len(self.catalog))
-        self.analyzer = BatchAnalyzer(self.encoder, settings.max_batch, on_batch=self.metrics.on_batch)
+        self.pipeline = EncodePipeline(self.encoder, decode_threads=settings.decode_threads or default_decode_threads(),
+                                       max_batch=settings.max_batch, on_batch=self.metrics.on_batch)
+        self._to_network_input = self.encoder.loader()
         self.writer = Writer(self.db, self.catalog, on_commit=self.metrics.on_commit)
         self.scanner = Scanner(self.catalog, settings.search_threads, on_scan=self.metrics.scan.observe)
         self.loop_scanner = LoopScanner(self.catalog, settings.search_threads, on_scan=self.metrics.scan.observe)
@@ -203,7 +217,7 @@ class Service:
     def close(self) -> None:
         self._stop.set()
         self.writer.close()
-        self.analyzer.close()
+        self.pipeline.close()
         self.scanner.close()
         self._snapper.join(5)
         try:
@@ -241,12 +255,33 @@ class Service:
             self.metrics.encode_errors.labels(via).inc()
             raise BadInput(f"unreadable image: {e}", 422) from None
 
-    def _encode(self, pixels: np.ndarray, via: str) -> Any:
+    def _submit(self, via: str, read: Callable[[], tuple[bytes, str]],
+                describe: Callable[[Any, bytes], T]) -> Future[Encoded[T]]:
+        """In a decode thread: read() -> (file bytes, file name), decode them, describe(image, bytes);
+        then the model (EncodePipeline). The Future's context is what describe returned."""
+        def prepare() -> tuple[np.ndarray, T]:
+            data, filename = read()
+            img = self._decode(data, filename, via)
+            context = describe(img, data)
+            try:
+                x = self._to_network_input(img.pixels)
+            except (MedhashError, ValueError, TypeError) as e:
+                raise self._not_encoded(e, via) from None
+            return x, context
+        return self.pipeline.submit(prepare)
+
+    def _not_encoded(self, e: Exception, via: str) -> BadInput:
+        if isinstance(e, BadInput):
+            return e
+        self.metrics.encode_errors.labels(via).inc()
+        return BadInput(f"the image could not be encoded: {e}", 422)
+
+    def _encoded(self, future: Future[Encoded[T]], via: str) -> Encoded[T]:
+        """Wait for a pipeline result in a worker thread; model failures become BadInput (422)."""
         try:
-            return self.analyzer.encode(pixels)
+            return future.result()
         except (MedhashError, ValueError, TypeError) as e:
-            self.metrics.encode_errors.labels(via).inc()
-            raise BadInput(f"the image could not be encoded: {e}", 422) from None
+            raise self._not_encoded(e, via) from None
 
     def prepare(self, data: bytes, filename: str = "", item_id: str | None = None,
                 metadata: dict[str, Any] | None = None, patient_id: str | None = None,
@@ -258,34 +293,39 @@ class Service:
             if (metadata or {}).get(key) is not None and not isinstance(metadata[key], str):  # type: ignore[index]
                 raise BadInput(f"metadata.{key} must be a string")
         parse_date((metadata or {}).get("study_date"), "metadata.study_date")   # cheap checks first
-        img = self._decode(data, filename, via)
-        md: dict[str, Any] = {}
-        dicom_patient = None
-        if img.facts.get("format") == "dicom" or looks_like_dicom(data, filename):
-            try:
-                md, dicom_patient = instance_metadata(data)
-            except Exception as e:  # noqa: BLE001 - decoded pixels but unreadable header fields
-                raise BadInput(f"unreadable DICOM header ({type(e).__name__})") from None
-        caller = dict(metadata or {})
-        given_patient = caller.pop("patient_id", None)
-        if patient_id is None and given_patient is not None:
-            patient_id = str(given_patient)
-        md.update(caller)
-        if item_id is None:
-            item_id = md.get("sop_instance_uid")
-            if item_id is None:
-                item_id = secrets.token_hex(16)
-        check_id(item_id)
-        modality, view = norm_term(md.get("modality")), norm_term(md.get("view_position"))
-        study_date = None
-        if md.get("study_date") is not None:
-            study_date = parse_date(md["study_date"], "metadata.study_date")
-            md["study_date"] = f"{study_date // 10000:04d}-{study_date // 100 % 100:02d}-{study_date % 100:02d}"
-        enc = self._encode(img.pixels, via)
-        att, ah, aw = pack_attention(enc.attention)
-        return NewItem(id=item_id, code=enc.code.tobytes(), metadata=md, modality=modality, view_position=view,
-                       study_date=study_date, patient_hash=self.db.patient_hash(patient_id or dicom_patient),
-                       thumbnail=thumbnail(img.pixels), attention=att, att_h=ah, att_w=aw)
+
+        def describe(img: Any, data: bytes) -> NewItem:
+            """Everything but the code, in the decode thread (the DICOM header, checks, thumbnail)."""
+            md: dict[str, Any] = {}
+            dicom_patient = None
+            if img.facts.get("format") == "dicom" or looks_like_dicom(data, filename):
+                try:
+                    md, dicom_patient = instance_metadata(data)
+                except Exception as e:  # noqa: BLE001 - decoded pixels but unreadable header fields
+                    raise BadInput(f"unreadable DICOM header ({type(e).__name__})") from None
+            caller = dict(metadata or {})
+            given_patient = caller.pop("patient_id", None)
+            patient = patient_id if patient_id is not None or given_patient is None else str(given_patient)
+            md.update(caller)
+            new_id = item_id if item_id is not None else md.get("sop_instance_uid")
+            if new_id is None:
+                new_id = secrets.token_hex(16)
+            check_id(new_id)
+            modality, view = norm_term(md.get("modality")), norm_term(md.get("view_position"))
+            study_date = None
+            if md.get("study_date") is not None:
+                study_date = parse_date(md["study_date"], "metadata.study_date")
+                if study_date is not None:
+                    md["study_date"] = f"{study_date // 10000:04d}-{study_date // 100 % 100:02d}-{study_date % 100:02d}"
+            return NewItem(id=new_id, code=b"", metadata=md, modality=modality, view_position=view,
+                           study_date=study_date, patient_hash=self.db.patient_hash(patient or dicom_patient),
+                           thumbnail=thumbnail(img.pixels), attention=b"", att_h=0, att_w=0)
+
+        enc = self._encoded(self._submit(via, lambda: (data, filename), describe), via)
+        item = enc.context
+        item.code = enc.code.tobytes()
+        item.attention, item.att_h, item.att_w = pack_attention(enc.attention)
+        return item
 
     def store(self, item: NewItem, mode: str) -> str:
         """Commit one item; returns created / replaced / exists once it is durable."""
@@ -369,19 +409,51 @@ class Service:
         return status, msg, uids
 
     # ------------------------------------------------------------ search
+    def upload_query(self, unpack: Callable[[], tuple[bytes, str, str | None]], explain: bool) -> Future[Encoded[Query]]:
+        """The query of a search by upload, none of it on the event loop: unpack() gives (file
+        bytes, file name, patient id) in a decode thread (parsing the form there), then the
+        decoding and the model. query_of() turns the result into the Query."""
+        patient: list[str | None] = [None]
+
+        def read() -> tuple[bytes, str]:
+            data, filename, patient[0] = unpack()
+            return data, filename
+
+        def describe(img: Any, data: bytes) -> Query:
+            dicom_md: dict[str, Any] = {}
+            patient_id = patient[0]
+            if img.facts.get("format") == "dicom":
+                try:
+                    dicom_md, dicom_patient = instance_metadata(data)
+                except Exception:  # noqa: BLE001
+                    dicom_patient = None
+                patient_id = patient_id or dicom_patient
+            return Query(np.zeros(0, np.uint8), "upload", patient_hash=self.db.patient_hash(patient_id),
+                         dicom=dicom_md, thumbnail=thumbnail(img.pixels) if explain else None,
+                         data=data if dicom_md else None)
+
+        return self._submit("search", read, describe)
+
+    @staticmethod
+    def query_of(enc: Encoded[Query]) -> Query:
+        q = enc.context
+        q.code, q.attention = enc.code, enc.attention
+        return q
+
     def query_from_upload(self, data: bytes, filename: str, patient_id: str | None, explain: bool) -> Query:
-        img = self._decode(data, filename, "search")
-        enc = self._encode(img.pixels, "search")
-        dicom_md: dict[str, Any] = {}
-        if img.facts.get("format") == "dicom":
-            try:
-                dicom_md, dicom_patient = instance_metadata(data)
-            except Exception:  # noqa: BLE001
-                dicom_patient = None
-            patient_id = patient_id or dicom_patient
-        return Query(enc.code, "upload", patient_hash=self.db.patient_hash(patient_id), dicom=dicom_md,
-                     thumbnail=thumbnail(img.pixels) if explain else None, attention=enc.attention,
-                     data=data if dicom_md else None)
+        """Blocking: for worker threads."""
+        return self.query_of(self._encoded(self.upload_query(lambda: (data, filename, patient_id), explain), "search"))
+
+    async def query_from_upload_async(self, unpack: Callable[[], tuple[bytes, str, str | None]],
+                                      explain: bool) -> Query:
+        """On the event loop: waits for the decode and model threads without holding a worker thread."""
+        import asyncio
+
+        try:
+            enc = await asyncio.wrap_future(self.upload_query(unpack, explain))
+        except (MedhashError, ValueError, TypeError) as e:
+            raise self._not_encoded(e, "search") from None
+        return self.query_of(enc)
 
     def query_from_item(self, item_id: str) -> Query:
         row = self.db.get(check_id(item_id))
