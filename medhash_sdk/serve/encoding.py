@@ -15,6 +15,7 @@ a few threads that take the next upload as soon as they finish one keep the core
 """
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
 import logging
 import queue
@@ -44,10 +45,12 @@ class Encoded(Generic[T]):
 
 
 class EncodePipeline:
-    """Decode threads -> one model thread; submit() returns a Future of Encoded.
+    """Decode threads -> one model thread: submit() returns a Future of Encoded (for blocking
+    callers), encode_async() awaits it on an event loop (the results of one model run reach each
+    loop in one call, not one wake-up per request).
 
     prepare() returns (network input float32 (C, S, S), context). An exception it raises is the
-    Future's; a model failure is retried image by image, so only the input at fault fails.
+    caller's; a model failure is retried image by image, so only the input at fault fails.
     """
 
     def __init__(self, encoder: Any, *, decode_threads: int, max_batch: int = 32,
@@ -65,11 +68,16 @@ class EncodePipeline:
         self._decoders.submit(self._prepare, prepare, out)
         return out
 
-    def _prepare(self, prepare: Callable[[], tuple[np.ndarray, T]], out: cf.Future) -> None:
+    async def encode_async(self, prepare: Callable[[], tuple[np.ndarray, T]]) -> Encoded[T]:
+        out: asyncio.Future[Encoded[T]] = asyncio.get_running_loop().create_future()
+        self._decoders.submit(self._prepare, prepare, out)
+        return await out
+
+    def _prepare(self, prepare: Callable[[], tuple[np.ndarray, T]], out: Any) -> None:
         try:
             x, context = prepare()
         except BaseException as e:  # noqa: BLE001 - the caller's to raise
-            out.set_exception(e)
+            _settle_all([(out, None, e)])
             return
         self._q.put((x, context, out))
 
@@ -89,7 +97,7 @@ class EncodePipeline:
             if stop:
                 return
 
-    def _run(self, batch: list[tuple[np.ndarray, Any, cf.Future]]) -> None:
+    def _run(self, batch: list[tuple[np.ndarray, Any, Any]]) -> None:
         try:
             out = self.encoder.outputs_preprocessed(np.stack([x for x, _, _ in batch]))
         except Exception as e:  # noqa: BLE001 - find the input at fault: run them one by one
@@ -97,13 +105,39 @@ class EncodePipeline:
                 for one in batch:
                     self._run([one])
             else:
-                batch[0][2].set_exception(e)
+                _settle_all([(batch[0][2], None, e)])
             return
         codes = pack_codes(out["code_logits"])
         att = out["attention"]
         att = att.reshape(att.shape[0], att.shape[-2], att.shape[-1])
-        for i, (_, context, f) in enumerate(batch):
-            f.set_result(Encoded(codes[i].copy(), att[i].astype(np.float32), context))
+        _settle_all([(f, Encoded(codes[i].copy(), att[i].astype(np.float32), context), None)
+                     for i, (_, context, f) in enumerate(batch)])
+
+
+def _settle_all(results: list[tuple[Any, Any, BaseException | None]]) -> None:
+    """Resolve futures from a pipeline thread: concurrent ones here, asyncio ones with one
+    call_soon_threadsafe per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Any, BaseException | None]]] = {}
+    for r in results:
+        if isinstance(r[0], asyncio.Future):
+            by_loop.setdefault(r[0].get_loop(), []).append(r)
+        else:
+            _settle([r])
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, items)
+        except RuntimeError:   # the loop is closed: nobody waits for these any more
+            pass
+
+
+def _settle(results: list[tuple[Any, Any, BaseException | None]]) -> None:
+    for future, value, error in results:
+        if future.done():      # cancelled: the client went away
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
 
 
 def decode(data: bytes, source: str, *, max_pixels: int, suffix: str = "") -> Image:

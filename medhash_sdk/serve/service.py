@@ -255,10 +255,10 @@ class Service:
             self.metrics.encode_errors.labels(via).inc()
             raise BadInput(f"unreadable image: {e}", 422) from None
 
-    def _submit(self, via: str, read: Callable[[], tuple[bytes, str]],
-                describe: Callable[[Any, bytes], T]) -> Future[Encoded[T]]:
-        """In a decode thread: read() -> (file bytes, file name), decode them, describe(image, bytes);
-        then the model (EncodePipeline). The Future's context is what describe returned."""
+    def _preparer(self, via: str, read: Callable[[], tuple[bytes, str]],
+                  describe: Callable[[Any, bytes], T]) -> Callable[[], tuple[np.ndarray, T]]:
+        """The decode thread's part for EncodePipeline: read() -> (file bytes, file name), decode
+        them, describe(image, bytes) (the result's context), the network input."""
         def prepare() -> tuple[np.ndarray, T]:
             data, filename = read()
             img = self._decode(data, filename, via)
@@ -268,7 +268,7 @@ class Service:
             except (MedhashError, ValueError, TypeError) as e:
                 raise self._not_encoded(e, via) from None
             return x, context
-        return self.pipeline.submit(prepare)
+        return prepare
 
     def _not_encoded(self, e: Exception, via: str) -> BadInput:
         if isinstance(e, BadInput):
@@ -321,7 +321,7 @@ class Service:
                            study_date=study_date, patient_hash=self.db.patient_hash(patient or dicom_patient),
                            thumbnail=thumbnail(img.pixels), attention=b"", att_h=0, att_w=0)
 
-        enc = self._encoded(self._submit(via, lambda: (data, filename), describe), via)
+        enc = self._encoded(self.pipeline.submit(self._preparer(via, lambda: (data, filename), describe)), via)
         item = enc.context
         item.code = enc.code.tobytes()
         item.attention, item.att_h, item.att_w = pack_attention(enc.attention)
@@ -409,10 +409,11 @@ class Service:
         return status, msg, uids
 
     # ------------------------------------------------------------ search
-    def upload_query(self, unpack: Callable[[], tuple[bytes, str, str | None]], explain: bool) -> Future[Encoded[Query]]:
+    def _upload_preparer(self, unpack: Callable[[], tuple[bytes, str, str | None]],
+                         explain: bool) -> Callable[[], tuple[np.ndarray, Query]]:
         """The query of a search by upload, none of it on the event loop: unpack() gives (file
         bytes, file name, patient id) in a decode thread (parsing the form there), then the
-        decoding and the model. query_of() turns the result into the Query."""
+        decoding; query_of() turns the pipeline's result into the Query."""
         patient: list[str | None] = [None]
 
         def read() -> tuple[bytes, str]:
@@ -432,7 +433,7 @@ class Service:
                          dicom=dicom_md, thumbnail=thumbnail(img.pixels) if explain else None,
                          data=data if dicom_md else None)
 
-        return self._submit("search", read, describe)
+        return self._preparer("search", read, describe)
 
     @staticmethod
     def query_of(enc: Encoded[Query]) -> Query:
@@ -442,15 +443,14 @@ class Service:
 
     def query_from_upload(self, data: bytes, filename: str, patient_id: str | None, explain: bool) -> Query:
         """Blocking: for worker threads."""
-        return self.query_of(self._encoded(self.upload_query(lambda: (data, filename, patient_id), explain), "search"))
+        prepare = self._upload_preparer(lambda: (data, filename, patient_id), explain)
+        return self.query_of(self._encoded(self.pipeline.submit(prepare), "search"))
 
     async def query_from_upload_async(self, unpack: Callable[[], tuple[bytes, str, str | None]],
                                       explain: bool) -> Query:
         """On the event loop: waits for the decode and model threads without holding a worker thread."""
-        import asyncio
-
         try:
-            enc = await asyncio.wrap_future(self.upload_query(unpack, explain))
+            enc = await self.pipeline.encode_async(self._upload_preparer(unpack, explain))
         except (MedhashError, ValueError, TypeError) as e:
             raise self._not_encoded(e, "search") from None
         return self.query_of(enc)
