@@ -82,7 +82,8 @@ class EncodePipeline:
         self._q.put((x, context, out))
 
     def close(self) -> None:
-        self._decoders.shutdown(wait=True, cancel_futures=True)
+        """Finish what was submitted (every caller gets its answer), then stop the threads."""
+        self._decoders.shutdown(wait=True)
         self._q.put(None)
         self._model.join(10)
 
