@@ -59,7 +59,7 @@ class EncodePipeline:
         self.max_batch = int(max_batch)
         self.on_batch = on_batch      # (batch size, seconds) -> None, for metrics
         self._decoders = cf.ThreadPoolExecutor(int(decode_threads), thread_name_prefix="medhash-decode")
-        self._q: queue.Queue[tuple[np.ndarray, Any, cf.Future] | None] = queue.Queue()
+        self._q: queue.Queue[tuple[np.ndarray, Any, Any] | None] = queue.Queue()   # future: concurrent or asyncio
         self._model = threading.Thread(target=self._loop, name="medhash-model", daemon=True)
         self._model.start()
 
