@@ -190,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--table-only", action="store_true")
+    p.add_argument("--ref", default="plain", choices=sorted(RECIPES),
+                   help="the recipe every row is compared with, image by image (default plain)")
     a = p.parse_args(argv)
     import torch
 
@@ -220,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"{time.time() - t:.0f} s", file=sys.stderr, flush=True)
     done = sorted({m.group(1) for f in os.listdir(out) if (m := PART_FILE.match(f))} & set(RECIPES),
                   key=list(RECIPES).index)
-    tab = table(done, a.folds, a.fold_seed, sorted({0, *a.seeds}) if a.table_only else a.seeds, scheme=a.scheme)
+    tab = table(done, a.folds, a.fold_seed, sorted({0, *a.seeds}) if a.table_only else a.seeds, ref=a.ref,
+                scheme=a.scheme)
     cmd = "PYTHONPATH=.:export python benchmarks/model_selection.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if a.scheme == "cross-source":
         what = ("Cross-source validation on the 1,669 train + val images of the NIH split: trained on their "

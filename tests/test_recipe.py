@@ -135,9 +135,9 @@ def test_train_recipe_flag_and_explicit_overrides():
     s = train_settings(a)
     assert {k: s[k] for k in RECIPES["con-codes"]} == RECIPES["con-codes"] and s["recipe"] == "con-codes"
     b = parser.parse_args(["train", "--data", "x.npz", "--out", "o", "--recipe", "con-codes", "--bits", "128",
-                           "--epochs", "7", "--seed", "3"])
+                           "--epochs", "7", "--seed", "3", "--members", "2"])
     s = train_settings(b)
-    assert (s["nbits"], s["epochs"], s["seed"], s["method"]) == (128, 7, 3, RECIPES["con-codes"]["method"])
+    assert (s["nbits"], s["epochs"], s["seed"], s["method"], s["members"]) == (128, 7, 3, RECIPES["con-codes"]["method"], 2)
     c = parser.parse_args(["train", "--data", "x.npz", "--out", "o"])
     assert train_settings(c)["method"] == "attention" and "recipe" not in train_settings(c)
     TrainConfig(**train_settings(b))                  # every key is a TrainConfig field
@@ -271,3 +271,43 @@ def test_strong_and_mixed_views_train_and_need_the_contrastive_term():
         TrainConfig(views="strong")              # no contrastive term
     with pytest.raises(ValueError, match="views must be one of"):
         TrainConfig(contrastive=1.0, views="heavy")
+
+
+def test_ensemble_trains_its_members_as_single_runs_and_exports_as_one_model(tmp_path):
+    """members=2: member i is exactly the single network of seed seed * 2 + i; the codes sit side by
+    side and the probabilities are averaged, in torch, through a checkpoint and in the ONNX file."""
+    from medhash_sdk import Encoder
+    from medhash_sdk.codes import pack_codes
+    from medhash_sdk.preprocessing import Preprocessing, preprocess_batch
+    from medhash_train.attention import NetConfig, build_model
+    from medhash_train.ensemble import EnsembleHashNet
+    from medhash_train.evaluate import torch_outputs
+    from medhash_train.onnx_export import export_checkpoint
+    from medhash_train.trainer import checkpoint_dict, save_checkpoint
+
+    rng = np.random.default_rng(3)
+    ds = two_label_set(rng, 32)
+    base = dict(method="dpsh-bce", nbits=16, input_size=32, width=0.125, epochs=1, batch_size=16, progress=False,
+                seed=1)
+    res = train(TrainConfig(**base, members=2), ds, log=lambda s: None)
+    assert isinstance(res.model, EnsembleHashNet) and res.net_config.code_bits == 32
+    assert [h["member"] for h in res.history] == [0, 1]
+    x = torch.from_numpy(preprocess_batch(ds.images[:6], Preprocessing(32)))
+    u, p = torch_outputs(res.model, x)
+    singles = [torch_outputs(train(TrainConfig(**dict(base, seed=s)), ds, log=lambda s: None).model, x)
+               for s in (2, 3)]                      # seed 1 * 2 members + 0, + 1
+    np.testing.assert_array_equal(u, np.concatenate([s[0] for s in singles], 1))
+    np.testing.assert_allclose(p, (singles[0][1] + singles[1][1]) / 2, atol=1e-6)
+
+    save_checkpoint(str(tmp_path / "c.pt"), checkpoint_dict(res, TrainConfig(**base, members=2), ds))
+    card = export_checkpoint(str(tmp_path / "c.pt"), str(tmp_path / "m.onnx"))
+    assert card.nbits == 32 and card.backbone.startswith("ensemble of 2 networks")
+    enc = Encoder(str(tmp_path / "m.onnx"))
+    np.testing.assert_array_equal(enc.encode(ds.images[:6]), pack_codes(u))
+    with pytest.raises(ValueError, match="members"):
+        NetConfig(nbits=16, num_labels=2, members=0)
+    with pytest.raises(ValueError, match="members"):
+        TrainConfig(members=0)
+    one = build_model(NetConfig(nbits=16, num_labels=2, width=0.125, use_local=False))
+    with pytest.raises(ValueError, match="2 members, 1 given"):
+        EnsembleHashNet(NetConfig(nbits=16, num_labels=2, width=0.125, use_local=False, members=2), [one])

@@ -86,6 +86,7 @@ class NetConfig:
     detach_cls: bool = False
     pixel_bits: int = 0              # appended SimHash bits of the standardised 32 x 32 input (see above)
     pixel_seed: int = 0
+    members: int = 1                 # > 1: that many networks side by side (medhash_train.ensemble)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -115,11 +116,13 @@ class NetConfig:
             raise ValueError(f"otsu_bins must be >= 2, got {self.otsu_bins}")
         if self.pixel_bits < 0 or self.pixel_bits % 8:
             raise ValueError(f"pixel_bits must be a multiple of 8 >= 0, got {self.pixel_bits}")
+        if not isinstance(self.members, int) or self.members < 1:
+            raise ValueError(f"members must be an integer >= 1, got {self.members!r}")
 
     @property
     def code_bits(self) -> int:
-        """Length of the code: the learned bits plus the pixel bits."""
-        return self.nbits + self.pixel_bits
+        """Length of the code: the learned bits plus the pixel bits, of every member."""
+        return self.members * (self.nbits + self.pixel_bits)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -385,7 +388,13 @@ class AttentionHashNet(nn.Module):
         return u, probs, attn, logits, g
 
 
-def build_model(config: NetConfig | dict[str, Any], backbone_weights: str | None = None) -> AttentionHashNet:
+def build_model(config: NetConfig | dict[str, Any], backbone_weights: str | None = None) -> nn.Module:
+    """The network a NetConfig describes: an AttentionHashNet, or an EnsembleHashNet of
+    `members` of them (each from backbone_weights, if given)."""
     if isinstance(config, dict):
         config = NetConfig(**config)
+    if config.members > 1:
+        from .ensemble import EnsembleHashNet
+
+        return EnsembleHashNet(config, backbone_weights=backbone_weights)
     return AttentionHashNet(config, backbone_weights)

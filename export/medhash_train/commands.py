@@ -67,6 +67,9 @@ def register_train(sub: argparse._SubParsersAction) -> None:
                    help="keep an exponential moving average of the weights (per-step decay, e.g. 0.99) and "
                         "validate, keep and export it (default 0: off)")
     p.add_argument("--balanced", action="store_true", help="class-balanced batches instead of uniform ones")
+    p.add_argument("--members", type=positive_int, default=1, metavar="N",
+                   help="train N networks from seeds seed*N .. seed*N+N-1 and export them as one model whose code "
+                        "is their N codes side by side (N x --bits bits; probabilities averaged; default 1)")
     p.add_argument("--pretrain-data", nargs="+", default=(), metavar="NPZ",
                    help="SimCLR-pretrain the backbone on these .npz files' images first (their 'test' split "
                         "left out); names not found as given are looked up beside the first --data file")
@@ -115,7 +118,7 @@ def train_settings(args: argparse.Namespace) -> dict:
                  contrastive=args.contrastive, contrastive_on=args.contrastive_on, temperature=args.temperature, ema=args.ema,
                  balanced=args.balanced, pixel_bits=args.pixel_bits, pretrain_data=tuple(args.pretrain_data),
                  pretrain_epochs=args.pretrain_epochs, pretrain_on_train=args.pretrain_on_train,
-                 freeze_backbone_epochs=args.freeze_backbone_epochs)
+                 freeze_backbone_epochs=args.freeze_backbone_epochs, members=args.members)
     import os
 
     from .recipes import recipe, resolve

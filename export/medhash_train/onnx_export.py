@@ -25,7 +25,7 @@ from medhash_sdk.atomic import atomic_path
 from medhash_sdk.model_card import INPUT_NAME, OUTPUT_NAMES, ModelCard, compute_fingerprint
 from medhash_sdk.preprocessing import Preprocessing
 
-from .attention import AttentionHashNet, NetConfig, build_model
+from .attention import NetConfig, build_model
 
 OPSET = 18
 MAX_BATCH = 1 << 16
@@ -56,10 +56,14 @@ def describe_backbone(cfg: NetConfig) -> str:
         local += f" cropping the full input, branches at 1/{cfg.local_scale} of it"
     if cfg.pixel_bits:
         local += f"; {cfg.nbits} learned bits + {cfg.pixel_bits} pixel bits (SimHash of the 32 x 32 input)"
-    return f"{cfg.backbone} width {cfg.width:g}, {cfg.stem} stem{local}"
+    one = f"{cfg.backbone} width {cfg.width:g}, {cfg.stem} stem{local}"
+    if cfg.members > 1:
+        return (f"ensemble of {cfg.members} networks ({one}; {cfg.code_bits // cfg.members} bits each), "
+                "codes side by side, probabilities averaged")
+    return one
 
 
-def build_card(model: AttentionHashNet, spec: Preprocessing, labels: list[str], method: str,
+def build_card(model: torch.nn.Module, spec: Preprocessing, labels: list[str], method: str,
                training: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
                scope: dict[str, list[str]] | None = None) -> ModelCard:
     cfg = model.config
@@ -69,7 +73,7 @@ def build_card(model: AttentionHashNet, spec: Preprocessing, labels: list[str], 
                      metrics=dict(metrics or {}), versions=_versions(), scope=dict(scope or {}))
 
 
-def export_onnx(model: AttentionHashNet, spec: Preprocessing, labels: list[str], method: str, out: str | os.PathLike,
+def export_onnx(model: torch.nn.Module, spec: Preprocessing, labels: list[str], method: str, out: str | os.PathLike,
                 training: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
                 verbose: bool = False, scope: dict[str, list[str]] | None = None) -> ModelCard:
     """Write `model` to `out` (one .onnx file) with its ModelCard in metadata_props; return the card.

@@ -66,6 +66,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     "con-features-pre-128b-ema0.995-mild": dict(_PRE, nbits=128, ema=0.995, views="mild"),
     "con-features-pre-128b-ema0.995-mild-nt": dict(_PRE, nbits=128, ema=0.995, views="mild-nt"),   # the shipped default model
     "con-features-pre-128b-ema0.995-balanced": dict(_PRE, nbits=128, ema=0.995, balanced=True),
+    # two (three) networks of the shipped recipe from different seeds, codes side by side
+    # (medhash_train.ensemble): 256 (384) bits
+    "con-features-pre-128b-ema0.995-mild-nt-x2": dict(_PRE, nbits=128, ema=0.995, views="mild-nt", members=2),
+    "con-features-pre-128b-ema0.995-mild-nt-x3": dict(_PRE, nbits=128, ema=0.995, views="mild-nt", members=3),
     "paper": dict(method="attention", nbits=64, input_size=64, width=0.5, epochs=60, batch_size=64, lr=1e-3,
                   box_jitter=1.0, min_evidence=0.1),
 }

@@ -86,6 +86,8 @@ class TrainConfig:
                                      # "mild-nt" (as mild, and the pair loss too sees the light view only)
     recipe: str | None = None        # the medhash_train.recipes name it started from (recorded only)
     ema: float = 0.0                 # > 0: keep (and return) an exponential moving average of the weights, this decay per step
+    members: int = 1                 # > 1: train that many networks (seeds seed * members + i) and ship them as one
+                                     # (medhash_train.ensemble: codes side by side, probabilities averaged)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -122,6 +124,8 @@ class TrainConfig:
             raise ValueError(f"views={self.views!r} changes the two contrastive views: set contrastive > 0")
         if self.pretrain_on_train and self.pretrain_epochs <= 0:
             raise ValueError("pretrain_on_train needs pretraining: set pretrain_epochs > 0 (and pretrain_data)")
+        if not isinstance(self.members, int) or self.members < 1:
+            raise ValueError(f"members must be an integer >= 1, got {self.members!r}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
 
@@ -138,7 +142,7 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    model: AttentionHashNet
+    model: torch.nn.Module           # an AttentionHashNet, or an EnsembleHashNet of them
     net_config: NetConfig
     preprocessing: Preprocessing
     labels: list[str]
@@ -154,7 +158,7 @@ def net_config_for(cfg: TrainConfig, num_labels: int) -> NetConfig:
                      width=cfg.width, stem=cfg.resolved_stem, use_local=bool(m.get("use_local")),
                      detach_cls=bool(m.get("detach_cls", False)), local_scale=cfg.local_scale,
                      box=cfg.box, box_jitter=cfg.box_jitter, min_evidence=cfg.min_evidence,
-                     pixel_bits=cfg.pixel_bits)
+                     pixel_bits=cfg.pixel_bits, members=cfg.members)
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -217,6 +221,8 @@ def train(cfg: TrainConfig, ds: ImageSet, log: Callable[[str], None] | None = No
     change that); a returned dict is recorded in that epoch's history entry.
     """
     log = log or (lambda s: print(s, file=sys.stderr))
+    if cfg.members > 1:
+        return _train_ensemble(cfg, ds, log, x_all, on_epoch)
     t0 = time.time()
     _seed_all(cfg.seed)
     dev = torch.device(cfg.device)
@@ -353,6 +359,36 @@ def train(cfg: TrainConfig, ds: ImageSet, log: Callable[[str], None] | None = No
                        time.time() - t0)
 
 
+def member_seeds(cfg: TrainConfig) -> list[int]:
+    """The seeds of an ensemble's members: seed * members + i, so the ensembles of two seeds
+    share no member (and member 0 of seed s trains exactly as the single network of that seed)."""
+    return [cfg.seed * cfg.members + i for i in range(cfg.members)]
+
+
+def _train_ensemble(cfg: TrainConfig, ds: ImageSet, log: Callable[[str], None], x_all: np.ndarray | None,
+                    on_epoch: Callable[[int, AttentionHashNet], dict[str, Any] | None] | None) -> TrainResult:
+    """Train cfg.members networks, one after the other, each exactly as train() trains one
+    (its own seed, pretraining included), and join them (medhash_train.ensemble)."""
+    from dataclasses import replace
+
+    from .ensemble import EnsembleHashNet
+
+    t0 = time.time()
+    if x_all is None:
+        x_all = to_network_input(ds, Preprocessing(input_size=cfg.input_size, channels=cfg.channels))
+    results = []
+    for i, seed in enumerate(member_seeds(cfg)):
+        def member_log(m: str, i: int = i) -> None:
+            log(f"member {i + 1}/{cfg.members}: {m}")
+
+        results.append(train(replace(cfg, members=1, seed=seed), ds, member_log, x_all, on_epoch))
+    net_cfg = net_config_for(cfg, len(ds.label_names))
+    model = EnsembleHashNet(net_cfg, [r.model for r in results]).eval()
+    history = [dict(h, member=i) for i, r in enumerate(results) for h in r.history]
+    return TrainResult(model, net_cfg, results[0].preprocessing, results[0].labels,
+                       max(r.best_epoch for r in results), {}, history, time.time() - t0)
+
+
 def _portable(config: dict[str, Any]) -> dict[str, Any]:
     """The config with file names instead of local paths (a shipped model names no local folder)."""
     c = dict(config)
@@ -407,7 +443,7 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     return ck
 
 
-def model_from_checkpoint(ck: dict[str, Any]) -> AttentionHashNet:
+def model_from_checkpoint(ck: dict[str, Any]) -> torch.nn.Module:
     model = build_model(ck["net_config"])
     model.load_state_dict(ck["state_dict"])
     model.set_crop(True)
