@@ -127,9 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         card = Encoder(args.like_model).card
         tc = TrainConfig(**{k: v for k, v in card.training["config"].items() if k in TrainConfig.__dataclass_fields__})
         net_cfg = net_config_for(tc, len(labels))
-        args.bits, args.input_size, args.width = tc.nbits, tc.input_size, tc.width
-        what = (f"{os.path.basename(args.like_model)}'s network ({card.method}: {tc.backbone} width {tc.width:g}, "
-                f"{'attention crop' if net_cfg.use_local else 'global only'})")
+        args.bits, args.input_size, args.width = net_cfg.code_bits, tc.input_size, tc.width
+        members = f"{net_cfg.members} networks of " if net_cfg.members > 1 else ""
+        what = (f"{os.path.basename(args.like_model)}'s network ({card.method}: {members}{tc.backbone} width "
+                f"{tc.width:g}, {'attention crop' if net_cfg.use_local else 'global only'})")
     model = build_model(net_cfg)
     model.eval()
     spec = Preprocessing(input_size=args.input_size)

@@ -28,6 +28,7 @@ _PRE: dict[str, Any] = dict(_FEAT, pretrain_data=list(PRETRAIN_DATA), pretrain_e
 
 RECIPES: dict[str, dict[str, Any]] = {
     "plain": _PLAIN,
+    "plain-x2": dict(_PLAIN, members=2),     # the anchor with the ensemble's doubled cost, for a fair comparison
     "con-codes": _CON,
     "con-features": _FEAT,
     "con-codes-w0.5": dict(_CON, contrastive=0.5),
