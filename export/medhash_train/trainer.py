@@ -24,7 +24,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -369,8 +369,6 @@ def _train_ensemble(cfg: TrainConfig, ds: ImageSet, log: Callable[[str], None], 
                     on_epoch: Callable[[int, AttentionHashNet], dict[str, Any] | None] | None) -> TrainResult:
     """Train cfg.members networks, one after the other, each exactly as train() trains one
     (its own seed, pretraining included), and join them (medhash_train.ensemble)."""
-    from dataclasses import replace
-
     from .ensemble import EnsembleHashNet
 
     t0 = time.time()
