@@ -53,3 +53,24 @@ class EnsembleHashNet(nn.Module):
         probs = torch.stack([o[1] for o in outs]).mean(0)
         attn = torch.stack([o[2] for o in outs]).mean(0)
         return u, probs, attn
+
+
+def relational_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """How one network learns an ensemble's ranking at its own code length: for each image of
+    the batch, the softmax over its cosine similarities to the other images (own pair left out)
+    by the teacher's code logits is the target of the student's (KL divergence, batch mean).
+    The two codes may differ in length; only who is near whom is transferred."""
+    if student.ndim != 2 or teacher.ndim != 2 or student.shape[0] != teacher.shape[0]:
+        raise ValueError(f"student and teacher must be (B, K) and (B, K') of one batch, got "
+                         f"{tuple(student.shape)} and {tuple(teacher.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+    def log_probs(u: torch.Tensor) -> torch.Tensor:
+        z = torch.nn.functional.normalize(u.float(), dim=1, eps=1e-6)
+        sim = (z @ z.t()) / temperature
+        eye = torch.eye(sim.shape[0], dtype=torch.bool, device=sim.device)
+        return torch.log_softmax(sim.masked_fill(eye, -1e4), dim=1)
+
+    target = log_probs(teacher.detach())
+    return torch.nn.functional.kl_div(log_probs(student), target, log_target=True, reduction="batchmean")

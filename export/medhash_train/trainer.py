@@ -38,6 +38,7 @@ from medhash_sdk.preprocessing import Preprocessing
 
 from .attention import AttentionHashNet, NetConfig, build_model
 from .contrastive import CONTRASTIVE_ON, ProjectionHead, nt_xent, strong_augment
+from .ensemble import EnsembleHashNet, relational_distillation
 from .evaluate import torch_codes
 from .losses import METHODS, make_loss
 
@@ -88,6 +89,9 @@ class TrainConfig:
     ema: float = 0.0                 # > 0: keep (and return) an exponential moving average of the weights, this decay per step
     members: int = 1                 # > 1: train that many networks (seeds seed * members + i) and ship them as one
                                      # (medhash_train.ensemble: codes side by side, probabilities averaged)
+    distill: float = 0.0             # > 0: first train an ensemble of distill_members networks of this recipe, then
+                                     # this one network learns its ranking and probabilities too (this weight)
+    distill_members: int = 2
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -126,6 +130,12 @@ class TrainConfig:
             raise ValueError("pretrain_on_train needs pretraining: set pretrain_epochs > 0 (and pretrain_data)")
         if not isinstance(self.members, int) or self.members < 1:
             raise ValueError(f"members must be an integer >= 1, got {self.members!r}")
+        if self.distill < 0:
+            raise ValueError(f"distill is a loss weight >= 0, got {self.distill}")
+        if self.distill > 0 and self.members > 1:
+            raise ValueError("distill trains one network from an ensemble: set members=1 (distill_members sets the teacher)")
+        if self.distill > 0 and self.distill_members < 2:
+            raise ValueError(f"distill_members (the teacher ensemble's size) must be >= 2, got {self.distill_members}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
 
@@ -224,6 +234,10 @@ def train(cfg: TrainConfig, ds: ImageSet, log: Callable[[str], None] | None = No
     if cfg.members > 1:
         return _train_ensemble(cfg, ds, log, x_all, on_epoch)
     t0 = time.time()
+    teacher = None
+    if cfg.distill > 0:      # the ensemble this network learns from: same recipe, same data, seeds as for members
+        teacher = train(replace(cfg, members=cfg.distill_members, distill=0.0), ds,
+                        lambda m: log(f"teacher {m}"), x_all).model.to(cfg.device).eval()
     _seed_all(cfg.seed)
     dev = torch.device(cfg.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -317,6 +331,11 @@ def train(cfg: TrainConfig, ds: ImageSet, log: Callable[[str], None] | None = No
             if two:
                 z = u.float() if head is None else head(feat.float())
                 loss = loss + cfg.contrastive * nt_xent(z[:len(idx)], z[len(idx):], cfg.temperature)
+            if teacher is not None:   # on the first (light) view: the ensemble's neighbours and probabilities
+                with torch.no_grad():
+                    tu, tp, _ = teacher(xb[:len(idx)])
+                loss = loss + cfg.distill * (relational_distillation(u[:len(idx)], tu)
+                                             + F.binary_cross_entropy_with_logits(logits[:len(idx)].float(), tp.float()))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -369,8 +388,6 @@ def _train_ensemble(cfg: TrainConfig, ds: ImageSet, log: Callable[[str], None], 
                     on_epoch: Callable[[int, AttentionHashNet], dict[str, Any] | None] | None) -> TrainResult:
     """Train cfg.members networks, one after the other, each exactly as train() trains one
     (its own seed, pretraining included), and join them (medhash_train.ensemble)."""
-    from .ensemble import EnsembleHashNet
-
     t0 = time.time()
     if x_all is None:
         x_all = to_network_input(ds, Preprocessing(input_size=cfg.input_size, channels=cfg.channels))
