@@ -311,3 +311,33 @@ def test_ensemble_trains_its_members_as_single_runs_and_exports_as_one_model(tmp
     one = build_model(NetConfig(nbits=16, num_labels=2, width=0.125, use_local=False))
     with pytest.raises(ValueError, match="2 members, 1 given"):
         EnsembleHashNet(NetConfig(nbits=16, num_labels=2, width=0.125, use_local=False, members=2), [one])
+
+
+def test_relational_distillation_is_zero_for_the_teachers_own_ranking_and_grows_when_shuffled():
+    from medhash_train.ensemble import relational_distillation
+
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.tanh(torch.randn(16, 32, generator=g))
+    assert float(relational_distillation(teacher, teacher)) == pytest.approx(0.0, abs=1e-6)
+    # a student at another code length that keeps who is near whom (a random rotation-like
+    # projection of the teacher) is closer than one that keeps no neighbour
+    near = teacher @ torch.linalg.qr(torch.randn(32, 32, generator=g))[0][:, :16]
+    far = torch.randn(16, 16, generator=g)
+    assert 0 <= float(relational_distillation(near, teacher)) < float(relational_distillation(far, teacher))
+    with pytest.raises(ValueError, match="one batch"):
+        relational_distillation(teacher[:8], teacher)
+    with pytest.raises(ValueError, match="distill"):
+        TrainConfig(distill=1.0, members=2)
+    with pytest.raises(ValueError, match="distill_members"):
+        TrainConfig(distill=1.0, distill_members=1)
+
+
+def test_distilled_training_trains_its_teacher_first_and_returns_one_network():
+    rng = np.random.default_rng(4)
+    ds = two_label_set(rng, 32)
+    msgs = []
+    res = train(TrainConfig(method="dpsh-bce", nbits=16, input_size=32, width=0.125, epochs=1, batch_size=16,
+                            progress=False, distill=1.0), ds, log=msgs.append)
+    assert type(res.model).__name__ == "AttentionHashNet" and res.net_config.code_bits == 16
+    assert any(m.startswith("teacher member 2/2") for m in msgs)
+    assert math.isfinite(res.history[0]["loss"])
