@@ -65,15 +65,15 @@ RECIPES: dict[str, dict[str, Any]] = {
     "con-features-pre-128b-ema0.995-strong": dict(_PRE, nbits=128, ema=0.995, views="strong"),
     "con-features-pre-128b-ema0.995-mixed": dict(_PRE, nbits=128, ema=0.995, views="mixed"),
     "con-features-pre-128b-ema0.995-mild": dict(_PRE, nbits=128, ema=0.995, views="mild"),
-    "con-features-pre-128b-ema0.995-mild-nt": dict(_PRE, nbits=128, ema=0.995, views="mild-nt"),   # the shipped default model
+    "con-features-pre-128b-ema0.995-mild-nt": dict(_PRE, nbits=128, ema=0.995, views="mild-nt"),   # the default model until 2026-12-06, evening
     "con-features-pre-128b-ema0.995-balanced": dict(_PRE, nbits=128, ema=0.995, balanced=True),
-    # two (three) networks of the shipped recipe from different seeds, codes side by side
+    # two (three) networks of mild-nt from different seeds, codes side by side
     # (medhash_train.ensemble): 256 (384) bits
     "con-features-pre-128b-ema0.995-mild-nt-x2": dict(_PRE, nbits=128, ema=0.995, views="mild-nt", members=2),
     "con-features-pre-128b-ema0.995-mild-nt-x3": dict(_PRE, nbits=128, ema=0.995, views="mild-nt", members=3),
     # one 128-bit network that also learns the two-network ensemble's ranking and probabilities
     # (medhash_train.ensemble.relational_distillation): the ensemble's gain at one network's cost and code
-    "con-features-pre-128b-ema0.995-mild-nt-kd": dict(_PRE, nbits=128, ema=0.995, views="mild-nt", distill=1.0),
+    "con-features-pre-128b-ema0.995-mild-nt-kd": dict(_PRE, nbits=128, ema=0.995, views="mild-nt", distill=1.0),   # the shipped default model
     # two networks of 64 bits each: the ensemble at the one network's code length (128 bits), so
     # an index holds as many codes per GB and scans them as fast as before
     "con-features-pre-64b-ema0.995-mild-nt-x2": dict(_PRE, nbits=64, ema=0.995, views="mild-nt", members=2),
