@@ -67,10 +67,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "con-features-pre-128b-ema0.995-mild": dict(_PRE, nbits=128, ema=0.995, views="mild"),
     "con-features-pre-128b-ema0.995-mild-nt": dict(_PRE, nbits=128, ema=0.995, views="mild-nt"),   # the default model until 2026-12-06, evening
     "con-features-pre-128b-ema0.995-balanced": dict(_PRE, nbits=128, ema=0.995, balanced=True),
-    # two (three) networks of mild-nt from different seeds, codes side by side
-    # (medhash_train.ensemble): 256 (384) bits
+    # two networks of mild-nt from different seeds, codes side by side (medhash_train.ensemble): 256 bits
     "con-features-pre-128b-ema0.995-mild-nt-x2": dict(_PRE, nbits=128, ema=0.995, views="mild-nt", members=2),
-    "con-features-pre-128b-ema0.995-mild-nt-x3": dict(_PRE, nbits=128, ema=0.995, views="mild-nt", members=3),
     # one 128-bit network that also learns the two-network ensemble's ranking and probabilities
     # (medhash_train.ensemble.relational_distillation): the ensemble's gain at one network's cost and code
     "con-features-pre-128b-ema0.995-mild-nt-kd": dict(_PRE, nbits=128, ema=0.995, views="mild-nt", distill=1.0),   # the shipped default model

@@ -236,6 +236,8 @@ def train(cfg: TrainConfig, ds: ImageSet, log: Callable[[str], None] | None = No
     t0 = time.time()
     teacher = None
     if cfg.distill > 0:      # the ensemble this network learns from: same recipe, same data, seeds as for members
+        if x_all is None:    # once, for the teacher and this network
+            x_all = to_network_input(ds, Preprocessing(input_size=cfg.input_size, channels=cfg.channels))
         teacher = train(replace(cfg, members=cfg.distill_members, distill=0.0), ds,
                         lambda m: log(f"teacher {m}"), x_all).model.to(cfg.device).eval()
     _seed_all(cfg.seed)
