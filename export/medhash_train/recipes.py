@@ -70,7 +70,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # two networks of mild-nt from different seeds, codes side by side (medhash_train.ensemble): 256 bits
     "con-features-pre-128b-ema0.995-mild-nt-x2": dict(_PRE, nbits=128, ema=0.995, views="mild-nt", members=2),
     # one 128-bit network that also learns the two-network ensemble's ranking and probabilities
-    # (medhash_train.ensemble.relational_distillation): the ensemble's gain at one network's cost and code
+    # (medhash_train.ensemble.relational_distillation), at one network's cost and code length (docs/model.md: level
+    # with the untaught network over two seeds)
     "con-features-pre-128b-ema0.995-mild-nt-kd": dict(_PRE, nbits=128, ema=0.995, views="mild-nt", distill=1.0),   # the shipped default model
     # two networks of 64 bits each: the ensemble at the one network's code length (128 bits), so
     # an index holds as many codes per GB and scans them as fast as before

@@ -231,25 +231,23 @@ def train(cfg: TrainConfig, ds: ImageSet, log: Callable[[str], None] | None = No
     change that); a returned dict is recorded in that epoch's history entry.
     """
     log = log or (lambda s: print(s, file=sys.stderr))
+    spec = Preprocessing(input_size=cfg.input_size, channels=cfg.channels)
+    if x_all is None:        # once, for this network and any members or teacher it trains
+        x_all = to_network_input(ds, spec)
     if cfg.members > 1:
         return _train_ensemble(cfg, ds, log, x_all, on_epoch)
     t0 = time.time()
     teacher = None
     if cfg.distill > 0:      # the ensemble this network learns from: same recipe, same data, seeds as for members
-        if x_all is None:    # once, for the teacher and this network
-            x_all = to_network_input(ds, Preprocessing(input_size=cfg.input_size, channels=cfg.channels))
         teacher = train(replace(cfg, members=cfg.distill_members, distill=0.0), ds,
                         lambda m: log(f"teacher {m}"), x_all).model.to(cfg.device).eval()
     _seed_all(cfg.seed)
     dev = torch.device(cfg.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' asked for but torch sees no CUDA GPU; use --device cpu")
-    spec = Preprocessing(input_size=cfg.input_size, channels=cfg.channels)
     tr, va = ds.indices("train"), ds.indices("val")
     if len(tr) < cfg.batch_size:
         raise ValueError(f"the train split has {len(tr)} images, fewer than one batch ({cfg.batch_size})")
-    if x_all is None:
-        x_all = to_network_input(ds, spec)
     cl = torch.channels_last     # NHWC: ~1.9x faster training steps on the CPU too (oneDNN), same values
     x_tr = torch.from_numpy(x_all[tr]).to(dev).contiguous(memory_format=cl)
     y_tr = torch.from_numpy(ds.labels[tr].astype(np.float32)).to(dev)
@@ -386,13 +384,11 @@ def member_seeds(cfg: TrainConfig) -> list[int]:
     return [cfg.seed * cfg.members + i for i in range(cfg.members)]
 
 
-def _train_ensemble(cfg: TrainConfig, ds: ImageSet, log: Callable[[str], None], x_all: np.ndarray | None,
+def _train_ensemble(cfg: TrainConfig, ds: ImageSet, log: Callable[[str], None], x_all: np.ndarray,
                     on_epoch: Callable[[int, AttentionHashNet], dict[str, Any] | None] | None) -> TrainResult:
     """Train cfg.members networks, one after the other, each exactly as train() trains one
     (its own seed, pretraining included), and join them (medhash_train.ensemble)."""
     t0 = time.time()
-    if x_all is None:
-        x_all = to_network_input(ds, Preprocessing(input_size=cfg.input_size, channels=cfg.channels))
     results = []
     for i, seed in enumerate(member_seeds(cfg)):
         def member_log(m: str, i: int = i) -> None:
