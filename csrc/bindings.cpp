@@ -141,10 +141,14 @@ py::tuple search(const py::object& codes_obj, const py::object& queries_obj, con
 }
 
 std::unique_ptr<medhash::MultiIndex> build_multi_index(const py::object& codes_obj, const py::object& substrings_obj,
-                                                       const py::object& threads_obj) {
+                                                       const py::object& threads_obj, const py::object& copy_codes_obj) {
     py::array codes = check_codes(codes_obj, "codes");
     const int64_t n = codes.shape(0), nbytes = codes.shape(1), nbits = nbytes * 8;
     const int64_t threads = check_int(threads_obj, "threads", 1);
+    if (!py::isinstance<py::bool_>(copy_codes_obj))
+        throw py::type_error("copy_codes must be True or False, got " +
+                             std::string(py::str(py::type::of(copy_codes_obj).attr("__name__"))));
+    const bool copy_codes = copy_codes_obj.cast<bool>();
     if (n >= (int64_t{1} << 32))
         throw py::value_error("a multi-index holds at most 2**32 - 1 rows (row numbers are uint32), got " +
                               std::to_string(n) + ": search this index with the scan");
@@ -168,7 +172,7 @@ std::unique_ptr<medhash::MultiIndex> build_multi_index(const py::object& codes_o
     {
         py::gil_scoped_release release;
         medhash::build_multi_index(*mi, static_cast<const uint8_t*>(codes.data()), n, nbytes, static_cast<int>(m),
-                                   static_cast<int>(std::min<int64_t>(threads, 4096)));
+                                   static_cast<int>(std::min<int64_t>(threads, 4096)), copy_codes);
         medhash::calibrate_multi_index(*mi, static_cast<const uint8_t*>(codes.data()), g_level.load());
     }
     return mi;
@@ -214,14 +218,16 @@ PYBIND11_MODULE(_hamming, m) {
             for (size_t j = 0; j < mi.len.size(); ++j) t[j] = mi.len[j];
             return t;
         })
+        .def_property_readonly("copied_codes", [](const medhash::MultiIndex& mi) { return !mi.codes.empty(); })
         .def_property_readonly("memory_bytes", &medhash::MultiIndex::memory_bytes);
     m.def("build_multi_index", &build_multi_index, py::arg("codes"), py::arg("substrings") = py::none(),
-          py::arg("threads") = 1,
+          py::arg("threads") = 1, py::arg("copy_codes") = false,
           R"doc(Multi-index hashing tables over every row of codes (uint8 (n, nbytes), C-contiguous).
 
 substrings: None (at most log2(n) bits each) or how many groups of bits to cut a code into,
-each at most 32 bits. Pass the result to search(..., multi_index=...) with the same codes, or
-with codes that have more rows appended (they are scanned).)doc");
+each at most 32 bits. copy_codes: each table also keeps a copy of the codes in its own order
+(nbytes more a row a table; faster queries). Pass the result to search(..., multi_index=...)
+with the same codes, or with codes that have more rows appended (they are scanned).)doc");
     m.def("set_multi_index_patience", [](double v) {
         if (!(v >= 0.0 && v <= 1e6)) throw py::value_error("patience must be between 0 and 1e6, got " + std::to_string(v));
         return medhash::mih_patience().exchange(v);

@@ -10,9 +10,14 @@
 // full distance of the rows found, and stops once no unseen row can beat the k-th found.
 //
 // Memory: per table, rows as uint32 (4 bytes a row) in bucket order plus 2^h + 1 uint32 bucket
-// offsets, with 2^h <= rows / m: at most 4m + 4 bytes a row (16 bytes for m = 3 at 64 bits, the
-// size of the codes plus int64 ids). A substring wider than h bits is hashed to h bits; its
+// offsets and a 2^h-bit map of the buckets that hold rows, with 2^h * 33 / 32 <= rows / m: at
+// most 4m + 4 bytes a row (16 bytes for m = 3 at 64 bits, the size of the codes plus int64 ids). A substring wider than h bits is hashed to h bits; its
 // buckets then hold other values too, which the query skips by comparing the substring.
+//
+// Copied codes (optional): each table also holds every row's code in its own bucket order
+// (nbytes more a row a table), so a query reads a bucket's codes in sequence instead of one
+// random read a row in the index's codes: random reads cost ~25x a sequential one here, and a
+// query on learned codes checks tens of thousands of rows (README, multi-index benchmark).
 //
 // This header holds the tables and their build; the query loop is in mih_query.inc (compiled
 // once per popcount instruction set, like the scan kernels).
@@ -25,6 +30,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -50,6 +56,7 @@ constexpr int kMaxSubstrings = 64;  // so codes of up to 2048 bits
 constexpr uint32_t kPrefetchRows = 32;  // rows of a bucket whose codes are requested ahead
 constexpr int kProbesAhead = 8;  // bucket probes whose memory is requested ahead (mih_query.inc)
 constexpr int64_t kClockEvery = 512;  // units of work between two looks at the clock
+constexpr int64_t kCreditScans = 4;  // most scans' time the tables may bank (MultiIndex::credit_ns)
 constexpr int kLayoutCandidates = 32;  // bit layouts tried for 64-bit codes (choose_layout)
 constexpr int64_t kLayoutSample = 1 << 14;  // rows they are scored on
 constexpr int kLayoutHashBits = 16;
@@ -66,9 +73,14 @@ struct MultiIndex {
     std::vector<std::array<uint32_t, 256>> gather;
     std::vector<std::vector<uint32_t>> offsets;  // per substring: 2^h + 1 bucket starts
     std::vector<std::vector<uint32_t>> rows;     // per substring: n rows, bucket by bucket, in row order
+    std::vector<std::vector<uint8_t>> codes;     // per substring, when copied: rows' codes in that order
+    std::vector<std::vector<uint64_t>> filled;   // per substring: bit b set when bucket b holds rows
 
-    // Adaptive fallback: after a query gives up or nearly loses (e.g. uniform codes), the next
-    // `skip` queries go straight to the scan; the pause doubles each time (<= 64).
+    // Adaptive fallback (search_multi in hamming.h): `credit` is the time the tables saved
+    // against the scan over recent queries (capped at kCreditScans scans). Once they have lost
+    // more than they saved (e.g. uniform codes), the next `skip` queries go straight to the
+    // scan; the pause doubles each time (<= 64) until a query wins again.
+    mutable std::atomic<int64_t> credit_ns{0};
     mutable std::atomic<int> skip{0};
     mutable std::atomic<int> backoff{1};
     // What a one-thread scan costs here, measured after the build (calibrate_multi_index in
@@ -94,6 +106,8 @@ struct MultiIndex {
         size_t b = 0;
         for (const auto& o : offsets) b += o.size() * sizeof(uint32_t);
         for (const auto& r : rows) b += r.size() * sizeof(uint32_t);
+        for (const auto& c : codes) b += c.size();
+        for (const auto& f : filled) b += f.size() * sizeof(uint64_t);
         return b;
     }
 };
@@ -198,9 +212,10 @@ inline void reserve_huge(std::vector<T>& v, size_t count) {
 #endif
 }
 
-// Build the tables of rows [0, n) of codes. m: substrings (1..nbits, each <= 32 bits wide).
+// Build the tables of rows [0, n) of codes. m: substrings (1..nbits, each <= 32 bits wide);
+// copy_codes: each table also keeps the rows' codes in its order (see the top of this file).
 inline void build_multi_index(MultiIndex& mi, const uint8_t* codes, int64_t n, int64_t nbytes,
-                              int m, int threads) {
+                              int m, int threads, bool copy_codes = false) {
     const int nbits = static_cast<int>(nbytes * 8);
     mi.nbytes = nbytes;
     mi.n = n;
@@ -210,11 +225,15 @@ inline void build_multi_index(MultiIndex& mi, const uint8_t* codes, int64_t n, i
     mi.hbits.assign(static_cast<size_t>(m), 0);
     mi.offsets.assign(static_cast<size_t>(m), {});
     mi.rows.assign(static_cast<size_t>(m), {});
+    mi.codes.assign(copy_codes ? static_cast<size_t>(m) : 0, {});
+    mi.filled.assign(static_cast<size_t>(m), {});
+    mi.credit_ns.store(0);
     mi.skip.store(0);
     mi.backoff.store(1);
-    // bucket bits: 2^h <= n / m keeps the offsets within 4 bytes a row over all tables
+    // bucket bits: 2^h * 33 / 32 <= n / m keeps the offsets (32 bits a bucket) and the bitmap
+    // (1 bit) within 4 bytes a row over all tables
     int hmax = 1;
-    while (hmax < 30 && (int64_t{1} << (hmax + 1)) * m <= std::max<int64_t>(n, 2)) ++hmax;
+    while (hmax < 30 && (int64_t{33} << (hmax + 1)) * m <= 32 * std::max<int64_t>(n, 2)) ++hmax;
     for (int j = 0, at = 0; j < m; ++j) {
         const int w = nbits / m + (j < nbits % m ? 1 : 0);
         mi.begin[static_cast<size_t>(j)] = at;
@@ -239,9 +258,25 @@ inline void build_multi_index(MultiIndex& mi, const uint8_t* codes, int64_t n, i
             keys[static_cast<size_t>(r)] = key;
             ++off[key + 1];
         }
+        std::vector<uint64_t>& filled = mi.filled[static_cast<size_t>(j)];
+        filled.assign((nb + 63) / 64, 0);
+        for (size_t b = 0; b < nb; ++b)
+            if (off[b + 1] != 0) filled[b >> 6] |= uint64_t{1} << (b & 63);
         for (size_t b = 0; b < nb; ++b) off[b + 1] += off[b];
         std::vector<uint32_t> cursor(off.begin(), off.end() - 1);
         for (int64_t r = 0; r < n; ++r) out[cursor[keys[static_cast<size_t>(r)]]++] = static_cast<uint32_t>(r);
+        if (!copy_codes) return;
+        std::vector<uint8_t>& copied = mi.codes[static_cast<size_t>(j)];
+        reserve_huge(copied, static_cast<size_t>(n * nbytes));
+        copied.resize(static_cast<size_t>(n * nbytes));
+        auto gather_codes = [&](auto width) {  // width known at compile time: no memcpy call a row
+            for (int64_t i = 0; i < n; ++i)
+                std::memcpy(copied.data() + i * width, codes + int64_t{out[static_cast<size_t>(i)]} * width,
+                            static_cast<size_t>(width));
+        };
+        if (nbytes == 8) gather_codes(std::integral_constant<int64_t, 8>{});
+        else if (nbytes == 16) gather_codes(std::integral_constant<int64_t, 16>{});
+        else gather_codes(nbytes);
     };
     const int nthreads = std::max(1, std::min(threads, m));
     run_threads(nthreads, [&](int t) {

@@ -78,6 +78,7 @@ class MultiIndexInfo:
     substrings: how many groups of bits a code is cut into; widths: their sizes in bits.
     rows: rows the tables cover (rows added later are scanned until the next rebuild).
     memory_bytes: size of the tables. build_seconds: time the build took.
+    copied_codes: whether each table holds its own copy of the codes (build_multi_index).
     """
 
     substrings: int
@@ -85,6 +86,7 @@ class MultiIndexInfo:
     rows: int
     memory_bytes: int
     build_seconds: float
+    copied_codes: bool = False
 
 
 def _check_fingerprint_arg(fingerprint: Any) -> str | None:
@@ -124,9 +126,9 @@ class Index:
         self._path: str | None = None
         self._version = 0  # bumped by every add()/remove(): tells a stale HNSW graph
         self._approx: tuple[Any, int] | None = None  # (ApproximateHammingIndex, _version)
-        # multi-index hashing: wanted (substrings or None) once build_multi_index() was called;
+        # multi-index hashing: wanted (substrings or None, copy_codes) once build_multi_index() was called;
         # the tables themselves, dropped by remove() and rebuilt at the next search
-        self._multi_wanted: tuple[int | None] | None = None
+        self._multi_wanted: tuple[int | None, bool] | None = None
         self._multi: Any = None
         self._multi_build = threading.Lock()
 
@@ -401,7 +403,8 @@ class Index:
 
     # ------------------------------------------------------------------ multi-index hashing
 
-    def build_multi_index(self, substrings: int | None = None, *, threads: int = 0) -> MultiIndexInfo:
+    def build_multi_index(self, substrings: int | None = None, *, threads: int = 0,
+                          copy_codes: bool = False) -> MultiIndexInfo:
         """Build multi-index hashing tables (Norouzi et al. 2014) so that search() reads only
         the rows near each query instead of every row. Results stay exactly those of the scan,
         ties and allow/deny included.
@@ -415,20 +418,28 @@ class Index:
         remove() drops them and the next search rebuilds them. They live in memory only:
         after Index.load()/view(), call build_multi_index() again. Costs about
         4 * substrings + 4 bytes a row.
+
+        copy_codes: each table also keeps a copy of the codes in its own order, so a query
+        reads the codes it checks in sequence rather than one random read each: about 4x
+        faster on 64-bit learned codes, for (nbytes + 4) * substrings + 4 bytes a row (at 64
+        bits: 2.4x the codes plus int64 ids instead of 0.9x; README, multi-index benchmark).
         """
         if substrings is not None:
             substrings = check_int("substrings", substrings)
+        if not isinstance(copy_codes, bool):
+            raise TypeError(f"copy_codes must be True or False, got {type(copy_codes).__name__}")
         threads = check_int("threads", threads, minimum=0, hint=_THREADS_HINT) or available_cpus()
         with self._lock.read():  # the engine refuses codes over 2048 bits, saying why
             t0 = time.perf_counter()
             with self._multi_build:
-                multi = _engine().build_multi_index(self._codes.data, substrings, threads)
-                self._multi, self._multi_wanted = multi, (substrings,)
+                multi = _engine().build_multi_index(self._codes.data, substrings, threads, copy_codes)
+                self._multi, self._multi_wanted = multi, (substrings, copy_codes)
             return self._multi_info(multi, time.perf_counter() - t0)
 
     @staticmethod
     def _multi_info(multi: Any, seconds: float) -> MultiIndexInfo:
-        return MultiIndexInfo(multi.substrings, tuple(multi.widths), multi.rows, multi.memory_bytes, seconds)
+        return MultiIndexInfo(multi.substrings, tuple(multi.widths), multi.rows, multi.memory_bytes, seconds,
+                              multi.copied_codes)
 
     def drop_multi_index(self) -> None:
         """Forget the multi-index tables: search() scans every row again."""
@@ -463,7 +474,7 @@ class Index:
             if wanted is None:
                 return None
             if self._multi_stale(multi, n):
-                multi = _engine().build_multi_index(self._codes.data, wanted[0], threads)
+                multi = _engine().build_multi_index(self._codes.data, wanted[0], threads, wanted[1])
                 self._multi = multi
             return multi
         finally:

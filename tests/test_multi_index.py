@@ -3,7 +3,8 @@
 brute_force_search (medhash_sdk.codes) is the reference: rows by distance, ties by insertion
 order, allow/deny masks, -1 padding. Each case runs twice: with the give-up switched off (every
 query answered from the tables, however long it takes) and switched to "give up at once" (every
-query falls back to the scan), so both paths meet ties, masks and k > n.
+query falls back to the scan), so both paths meet ties, masks and k > n. The main cases run
+again with copy_codes=True (each table reads its own copy of the codes).
 """
 from __future__ import annotations
 
@@ -51,17 +52,19 @@ def check_equal(idx: Index, queries: np.ndarray, k: int, *, allow=None, threads:
     np.testing.assert_array_equal(got.ids, want_ids)
 
 
+@pytest.mark.parametrize("copy", [False, True], ids=["rows", "copied"])
 @pytest.mark.parametrize("mode", [ALWAYS_TABLES, ALWAYS_SCAN], ids=["tables", "scan"])
 @pytest.mark.parametrize("nbits", [8, 16, 24, 64, 72, 128, 256])
-def test_same_as_scan_every_k(nbits, mode):
+def test_same_as_scan_every_k(nbits, mode, copy):
     """Every k up to beyond n, far queries included. The tables use 8-bit substrings here, so
     that a query the tables must answer alone (k >= n walks every bucket) stays cheap."""
     rng = np.random.default_rng(nbits)
     codes = clustered(rng, 1500, nbits // 8)
     idx = Index(nbits)
     idx.add(codes)
-    info = idx.build_multi_index(max(2, nbits // 8) if nbits > 8 else 1)
+    info = idx.build_multi_index(max(2, nbits // 8) if nbits > 8 else 1, copy_codes=copy)
     assert isinstance(info, MultiIndexInfo) and sum(info.widths) == nbits and info.rows == 1500
+    assert info.copied_codes is copy
     queries = np.concatenate([codes[:3], clustered(rng, 6, nbits // 8), rng.integers(0, 256, (3, nbits // 8), dtype=np.uint8)])
     with patience(mode):
         for k in (1, 2, 7, 10, 100, 1499, 1500, 2000):
@@ -105,15 +108,18 @@ def test_too_wide_substrings_refused():
         idx.build_multi_index(65)
     with pytest.raises(TypeError):
         idx.build_multi_index("3")
+    with pytest.raises(TypeError, match="copy_codes must be True or False"):
+        idx.build_multi_index(copy_codes=1)
 
 
+@pytest.mark.parametrize("copy", [False, True], ids=["rows", "copied"])
 @pytest.mark.parametrize("mode", [ALWAYS_TABLES, ALWAYS_SCAN], ids=["tables", "scan"])
-def test_masks(mode):
+def test_masks(mode, copy):
     rng = np.random.default_rng(7)
     codes = clustered(rng, 2000, 8)
     idx = Index(64)
     idx.add(codes)
-    idx.build_multi_index(8)  # 8-bit substrings: an empty mask walks every bucket, cheaply
+    idx.build_multi_index(8, copy_codes=copy)  # 8-bit substrings: an empty mask walks every bucket, cheaply
     queries = codes[:5]
     with patience(mode):
         for allow in (rng.random(2000) < 0.5, rng.random(2000) < 0.003, np.zeros(2000, bool)):
@@ -128,15 +134,17 @@ def test_masks(mode):
         np.testing.assert_array_equal(got.ids, want_rows)
 
 
+@pytest.mark.parametrize("copy", [False, True], ids=["rows", "copied"])
 @pytest.mark.parametrize("mode", [ALWAYS_TABLES, ALWAYS_SCAN], ids=["tables", "scan"])
-def test_follows_add_and_remove(mode):
+def test_follows_add_and_remove(mode, copy):
     """Rows added after the build are scanned (the tables are rebuilt once they cover less than
-    8/9 of the rows); remove() drops the tables and the next search rebuilds them."""
+    8/9 of the rows); remove() drops the tables and the next search rebuilds them, copies of
+    the codes included when asked for."""
     rng = np.random.default_rng(3)
     codes = clustered(rng, 3000, 8)
     idx = Index(64)
     idx.add(codes[:1000])
-    idx.build_multi_index()
+    idx.build_multi_index(copy_codes=copy)
     with patience(mode):
         idx.add(codes[1000:1100])  # tail of 100 rows: scanned beside the tables
         check_equal(idx, codes[::50], 10)
@@ -148,6 +156,7 @@ def test_follows_add_and_remove(mode):
         assert idx.multi_index is None  # dropped: row numbers moved
         check_equal(idx, codes[::50], 25)
         assert idx.multi_index.rows == len(idx) == 2000
+        assert idx.multi_index.copied_codes is copy
         idx.add(codes[:5], ids=[10_000 + i for i in range(5)])  # the same codes again: ties
         check_equal(idx, codes[:5], 30)
 
@@ -209,6 +218,8 @@ def test_tables_memory_within_the_codes_and_ids():
     idx.add(rng.integers(0, 256, size=(200_000, 8), dtype=np.uint8))
     info = idx.build_multi_index()
     assert info.memory_bytes <= 16 * 200_000, info
+    copied = idx.build_multi_index(copy_codes=True)  # and each table's copy: 8 bytes a row more
+    assert copied.memory_bytes == info.memory_bytes + 8 * 200_000 * info.substrings
 
 
 def test_concurrent_searches_while_the_tables_are_rebuilt():

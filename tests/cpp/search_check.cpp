@@ -48,21 +48,25 @@ int main() {
                 for (auto& c : queries) c = static_cast<uint8_t>(rng() % distinct);
                 // multi-index tables (8-bit substrings) over the first 3/4 of the rows; the rest
                 // is the tail that search_multi scans
-                medhash::MultiIndex multi;
+                medhash::MultiIndex multi, copied;  // copied: the tables hold copies of the codes
                 medhash::build_multi_index(multi, codes.data(), n - n / 4, nb, static_cast<int>(nb), 2);
+                medhash::build_multi_index(copied, codes.data(), n - n / 4, nb, static_cast<int>(nb), 2, true);
                 std::vector<uint8_t> allow(n);
                 for (auto& a : allow) a = static_cast<uint8_t>(rng() % 3 != 0);
                 for (int64_t k : {int64_t{1}, int64_t{10}, n + 3}) {
                     for (bool masked : {false, true}) {
-                        for (int threads : {1, 2, 3, -1, -2}) {  // negative: through the multi-index
+                        // negative: through the multi-index (below -10: its copied-codes variant)
+                        for (int threads : {1, 2, 3, -1, -2, -11, -12}) {
                             std::vector<int64_t> rows(4 * k);
                             std::vector<int32_t> dists(4 * k);
                             medhash::SearchJob job{codes.data(), n, nb, queries.data(), 4, k,
                                                    masked ? allow.data() : nullptr, rows.data(), dists.data()};
                             if (threads > 0)
                                 medhash::search(job, threads, level);
-                            else
+                            else if (threads > -10)
                                 medhash::search_multi(job, multi, -threads, level);
+                            else
+                                medhash::search_multi(job, copied, -threads - 10, level);
                             bool ok = true;
                             for (int64_t qi = 0; qi < 4; ++qi) {
                                 std::vector<int64_t> want_rows;
