@@ -612,8 +612,8 @@ inline void search(const SearchJob& job, int threads, int level) {
 // they saved against the scan (MultiIndex::credit_ns); when it falls below zero the next
 // queries skip them for a while. (Before, one query over 9/10 of a scan's time made the next
 // skip the tables: on 64-bit codes grown from real ones, 10M rows, k = 100, the few slow
-// queries then sent fast ones to the scan, 0.42 ms a query with copied codes against 0.30 ms
-// for the same queries without the pause.)
+// queries then sent fast ones to the scan, 0.42 ms a query with copied codes against 0.32 ms
+// for the same queries without the pause, consecutive runs.)
 // Process-wide, changed only by tests (set_multi_index_patience).
 inline std::atomic<double>& mih_patience() {
     static std::atomic<double> v{1.0};
