@@ -146,3 +146,44 @@ def report(n: int, data_dir: Path, *, ks: list[int], nq: int, faiss_peers: bool,
             print(f"\nqueries' distance to their {k}-th neighbour: among the {len(facts['model'].parents):,} real "
                   f"codes, and among the {n:,} grown codes tested here\n")
             print(realistic_codes.histogram_table({"real codes": real_k, f"{n:,} grown codes": grown}, k))
+
+
+def report_updates(n: int, data_dir: Path, *, nq: int, encoder_model: str | None = None) -> None:
+    """What add() and remove() cost a search through the tables: rows added after the build are
+    scanned beside them (until they exceed 1/8 of the rows the tables cover); remove() drops
+    them and the next search rebuilds them (docs/architecture.md). On codes grown from real
+    ones: tables over 90% of n, the other 10% added, then one row removed."""
+    model = realistic_codes.fit(data_dir, model=encoder_model)
+    codes = model.grow(n)
+    queries = model.queries[:nq]
+    base = n - n // 10
+
+    def per_query(idx: Index) -> float:
+        t0 = time.perf_counter()
+        for q in queries:
+            idx.search(q, k=10, threads=1)
+        return (time.perf_counter() - t0) / len(queries) * 1e3
+
+    print(f"\n### After add() and remove(): {n:,} codes grown from real ones, k = 10, one thread ({nq} queries)\n")
+    print("| tables | built over {:,} rows, ms | {:,} rows added (scanned), ms | remove() of one row, ms | "
+          "first search after it (rebuilds, all cores), ms | later searches, ms |".format(base, n - base))
+    print("|---|---|---|---|---|---|")
+    for copy in (False, True):
+        idx = Index(codes.shape[1] * 8)
+        idx.add(codes[:base])
+        idx.build_multi_index(threads=1, copy_codes=copy)
+        built = per_query(idx)
+        idx.add(codes[base:])
+        added = per_query(idx)
+        t0 = time.perf_counter()
+        idx.remove(idx.ids[:1])
+        removed = (time.perf_counter() - t0) * 1e3
+        t0 = time.perf_counter()
+        idx.search(queries[0], k=10, threads=1)
+        first = (time.perf_counter() - t0) * 1e3
+        after = per_query(idx)
+        print(f"| {'copied codes' if copy else 'row numbers'} | {built:.3f} | {added:.3f} | {removed:.0f} | "
+              f"{first:.0f} | {after:.3f} |")
+        del idx
+        gc.collect()
+

@@ -361,6 +361,8 @@ def parse_args(argv=None):
     p.add_argument("--mi-data", default=os.environ.get("MEDHASH_DATA", "../shared/data"),
                    help="the data folder the real codes come from")
     p.add_argument("--no-faiss-hash", action="store_true", help="multi-index section without faiss' hash indexes")
+    p.add_argument("--mi-updates", action="store_true",
+                   help="multi-index section: also time searches after add() and remove() (grown codes)")
     p.add_argument("--mi-model", help="multi-index section: the ONNX model whose codes are grown (default: the "
                                       "bundled 64-bit one)")
     p.add_argument("--summarize", metavar="OUTPUT", help="only print the summary of a saved run's output")
@@ -399,7 +401,7 @@ def main(argv=None) -> int:
     import faiss
 
     if args.only_multi_index:
-        from _multi_index_section import report
+        from _multi_index_section import report, report_updates
 
         print(f"medhash _hamming simd={_hamming.simd_level()}  faiss {faiss.__version__}")
         print("\n## Multi-index hashing (Index.build_multi_index) vs the exact scan and faiss' hash indexes")
@@ -407,6 +409,8 @@ def main(argv=None) -> int:
             report(n, Path(args.mi_data), ks=args.ks, nq=args.mi_queries, faiss_peers=not args.no_faiss_hash,
                    kinds=[d for d in args.data if d in ("grown", "uniform")] or ["grown", "uniform"],
                    encoder_model=args.mi_model)
+            if args.mi_updates:
+                report_updates(n, Path(args.mi_data), nq=args.mi_queries, encoder_model=args.mi_model)
         return 0
     print(f"medhash _hamming simd={_hamming.simd_level()}  faiss {faiss.__version__}  numpy {np.__version__}  "
           f"cpu={platform.processor() or platform.machine()}  cores={len(os.sched_getaffinity(0))}")
@@ -429,7 +433,7 @@ def results_name(argv=None) -> str:
         return "bench_search"
     sizes = "_".join(f"{n // 1_000_000}M" if n % 1_000_000 == 0 else str(n) for n in a.sizes)
     bits = "" if a.mi_model is None else "_" + Path(a.mi_model).stem
-    return f"bench_search_multi_index_{sizes}_{'_'.join(a.data)}{bits}"
+    return f"bench_search_multi_index_{sizes}_{'_'.join(a.data)}{bits}{'_updates' if a.mi_updates else ''}"
 
 
 if __name__ == "__main__":
