@@ -205,6 +205,25 @@ def test_sampled_threshold_too_low_searches_again(level_guard, level):
     assert_same(H.search(codes, query, k, 1, None), want)
 
 
+@pytest.mark.parametrize("level", LEVELS)
+def test_sampled_threshold_too_high_falls_back(level_guard, level):
+    """The opposite layout: the sampled rows (the first 256 of each of the 64 blocks) are all
+    far, every other row near, so the sample's limit lets nearly every row through, more than
+    the engine gathers for its counting pass (4k + 1024): it must fall back to the scan with
+    its top-k and still give the exact answer, ties by row."""
+    rng = np.random.default_rng(4)
+    n, k = 64 * 4096, 128
+    query = np.zeros((1, 8), np.uint8)
+    codes = np.zeros((n, 8), np.uint8)
+    codes[:, 0] = rng.integers(0, 8, n).astype(np.uint8)          # near: distance 0-3
+    sampled = (np.arange(n) % 4096) < 256
+    codes[sampled] = 0xFF                                           # far: distance 64
+    H.set_simd_level(level)
+    want = brute_force_search(query, codes, k)
+    assert want[1][0].max() <= 3
+    assert_same(H.search(codes, query, k, 1, None), want)
+
+
 def test_default_split_on_large_input():
     """Over 4 MiB of codes a single query is split across threads by default."""
     rng = np.random.default_rng(11)
