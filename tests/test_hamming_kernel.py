@@ -171,7 +171,7 @@ def test_many_results_with_a_sampled_threshold(level_guard, level, nbytes):
     """One query with k >= 128 over >= 128 k rows starts its scan with a threshold taken from
     a sample of the rows (hamming.h, sampled_limit): answers, ties and masks stay exact."""
     rng = np.random.default_rng(nbytes + 7)
-    n = 200_000
+    n = 200_037  # not a whole number of 64-row groups: the last rows take the kernels' tail paths
     H.set_simd_level(level)
     for distinct in (None, 3_000):
         codes = make_codes(rng, n, nbytes, distinct)
@@ -202,6 +202,28 @@ def test_sampled_threshold_too_low_searches_again(level_guard, level):
     H.set_simd_level(level)
     want = brute_force_search(query, codes, k)
     assert (want[1][0] == 1).sum() == 64 and (want[1][0] >= 16).sum() == 64
+    assert_same(H.search(codes, query, k, 1, None), want)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_many_results_reach_into_the_last_rows(level_guard, level):
+    """134 rows at distance 1 (the first of each sampled block and 70 more spread out) and 5 at
+    distance 0 among the last rows, which fill no whole group of 64; every other row far. The
+    5 come first in the answer, then the first 123 at distance 1: the rows past the last whole
+    group must be gathered too, or the answer (still k rows long) would be wrong."""
+    rng = np.random.default_rng(5)
+    n, k = 64 * 4096 + 37, 128
+    query = np.zeros((1, 8), np.uint8)
+    codes = rng.integers(0, 256, (n, 8), dtype=np.uint8)
+    codes[np.unpackbits(codes, axis=1).sum(1) < 16] = 0xFF      # every other row far (>= 16 bits)
+    near = np.concatenate([np.arange(64) * 4096, 1_000 + np.arange(70) * 3_001])
+    codes[near] = 0
+    codes[near, 0] = 1                                          # distance 1
+    last = n - 5 + np.arange(5)
+    codes[last] = 0                                             # distance 0, in the last partial group
+    H.set_simd_level(level)
+    want = brute_force_search(query, codes, k)
+    assert want[0][0][:5].tolist() == last.tolist() and (want[1][0] == 1).sum() == k - 5
     assert_same(H.search(codes, query, k, 1, None), want)
 
 
