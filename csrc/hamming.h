@@ -584,25 +584,28 @@ inline void run_block(const SearchJob& job, ScanFn scan, CollectFn collect, int6
     if (nqb == 1) {
         const uint8_t* query = job.queries + q0 * job.nbytes;
         TopK& st = s.states[0];
-        const int limit = sampled_limit(job, scan, query, r0, r1, kin, s.sample);
+        int limit = sampled_limit(job, scan, query, r0, r1, kin, s.sample);
         if (limit >= 0 && collect != nullptr && (r1 - r0) * job.nbytes <= kCollectMaxBytes) {
-            // the rows within the limit, gathered without a branch on the data, then counted
+            // the rows within the limit, gathered without a branch on the data, then sorted by
+            // counting (merge_parts of one part: stable, so ties stay in row order)
             const int64_t cap = 4 * kin + 1024;
             s.cand_rows.resize(static_cast<size_t>(cap + 64));
             s.cand_dists.resize(s.cand_rows.size());
             const int64_t found = collect(job.codes, r0, r1, query, limit, job.allow, s.masks, s.any,
                                           s.cand_rows.data(), s.cand_dists.data(), cap);
             if (found >= kin) {
-                select_in_row_order(s.cand_rows.data(), s.cand_dists.data(), found, kin, max_dist, rows, dists,
-                                    job.k, s.sel_rows, s.sel_dists, s.sel_counts);
+                s.sel_rows.resize(static_cast<size_t>(found));
+                s.sel_dists.resize(s.sel_rows.size());
+                merge_parts(s.cand_rows.data(), s.cand_dists.data(), 1, found, max_dist, s.sel_rows.data(),
+                            s.sel_dists.data(), s.sel_counts);
+                std::copy_n(s.sel_rows.data(), kin, rows);
+                std::copy_n(s.sel_dists.data(), kin, dists);
+                pad_results(rows, dists, kin, job.k);
                 return;
             }
-            if (found >= 0) {  // fewer than k rows within the limit: scan again, in full
-                scan(job.codes, job.nbytes, r0, r1, query, st, job.allow);
-                st.finish(rows, dists, job.k);
-                return;
-            }
-            // more than cap rows (a sample unlike the rest): the scan below, with the limit
+            // fewer than k rows within the limit: the scan without it; more than cap (a sample
+            // unlike the rest): the scan with it
+            if (found >= 0) limit = -1;
         }
         if (limit >= 0) st.limit(limit + 1);
         scan(job.codes, job.nbytes, r0, r1, query, st, job.allow);

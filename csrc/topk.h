@@ -119,44 +119,6 @@ private:
     std::vector<Candidate> buf_;
 };
 
-// The top k of candidates listed in increasing row order (rows, dists: n of them, distances in
-// [0, max_dist]), written as TopK::finish writes (sorted by (distance, row), padded with -1 to
-// k_out): the same result as offering them to a TopK, by counting, with no branch a candidate.
-// Returns how many were written.
-inline int64_t select_in_row_order(const int64_t* rows, const int32_t* dists, int64_t n, int64_t k,
-                                   int max_dist, int64_t* out_rows, int32_t* out_dists, int64_t k_out,
-                                   std::vector<int64_t>& tmp_rows, std::vector<int32_t>& tmp_dists,
-                                   std::vector<int64_t>& counts) {
-    counts.assign(static_cast<size_t>(max_dist) + 1, 0);
-    for (int64_t i = 0; i < n; ++i) ++counts[static_cast<size_t>(dists[i])];
-    const int64_t limit = std::min({k, k_out, n});
-    int T = 0;  // the limit-th smallest distance
-    for (int64_t below = 0; T < max_dist && below + counts[static_cast<size_t>(T)] < limit; ++T)
-        below += counts[static_cast<size_t>(T)];
-    // counts become each distance's next output slot; a candidate beyond T, or at T past the
-    // limit-th, goes to the spare slot `limit`
-    int64_t pos = 0;
-    for (int d = 0; d <= max_dist; ++d) {
-        const int64_t c = counts[static_cast<size_t>(d)];
-        counts[static_cast<size_t>(d)] = d <= T ? pos : limit;
-        pos += c;
-    }
-    tmp_rows.resize(static_cast<size_t>(limit) + 1);
-    tmp_dists.resize(tmp_rows.size());
-    for (int64_t i = 0; i < n; ++i) {
-        const int d = dists[i];
-        int64_t& next = counts[static_cast<size_t>(d)];
-        const int64_t slot = std::min(next, limit);
-        tmp_rows[static_cast<size_t>(slot)] = rows[i];
-        tmp_dists[static_cast<size_t>(slot)] = d;
-        next += d <= T;
-    }
-    std::copy_n(tmp_rows.data(), limit, out_rows);
-    std::copy_n(tmp_dists.data(), limit, out_dists);
-    pad_results(out_rows, out_dists, limit, k_out);
-    return limit;
-}
-
 // Merge per-part results (each sorted by (distance, row), parts in increasing row ranges,
 // padding -1) into one top-k with the same tie rule, by a stable counting pass on distance.
 inline void merge_parts(const int64_t* part_rows, const int32_t* part_dists, int nparts,
