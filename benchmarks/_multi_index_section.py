@@ -158,11 +158,8 @@ def report_updates(n: int, data_dir: Path, *, nq: int, encoder_model: str | None
     queries = model.queries[:nq]
     base = n - n // 10
 
-    def per_query(idx: Index) -> float:
-        t0 = time.perf_counter()
-        for q in queries:
-            idx.search(q, k=10, threads=1)
-        return (time.perf_counter() - t0) / len(queries) * 1e3
+    def per_query(idx: Index) -> float:  # ms a query
+        return _per_query(lambda q: idx.search(q, k=10, threads=1), queries)[0] * 1e3
 
     print(f"\n### After add() and remove(): {n:,} codes grown from real ones, k = 10, one thread ({nq} queries)\n")
     print("| tables | built over {:,} rows, ms | {:,} rows added (scanned), ms | remove() of one row, ms | "
