@@ -260,6 +260,8 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--limit-s", type=float, default=300, help="time limit of one load run")
     ap.add_argument("--only-by-id", action="store_true", help="only part 3 (prints, writes no table)")
+    ap.add_argument("--model", default=None, metavar="MODEL.onnx",
+                    help="a model other than the bundled one (table: bench_serve_<file name>.md)")
     args = ap.parse_args()
 
     from medhash_sdk import Encoder
@@ -270,7 +272,7 @@ def main() -> int:
         sys.exit(f"no NIH PNGs in {DATA / 'nih_png_1024'} (set MEDHASH_DATA)")
     files = [pngs[i % len(pngs)] for i in range(args.files)]
     blobs = [p.read_bytes() for p in files]
-    model = str(default_model_path())
+    model = args.model or str(default_model_path())
     enc = Encoder(model, providers="cpu")
     enc.encode(files[:64], batch_size=64)            # warm-up
     rows: list[tuple[str, str]] = []
@@ -333,7 +335,7 @@ def main() -> int:
          f"(writing them: {fill_s:.1f} s)"),
     ]
     load_avg = os.getloadavg()
-    with recorded("bench_serve"):
+    with recorded("bench_serve" if args.model is None else f"bench_serve_{Path(model).stem}"):
         print(f"Load average at the end {load_avg[0]:.1f} / {load_avg[1]:.1f} / {load_avg[2]:.1f} (1 / 5 / 15 min); "
               f"model {Path(model).name} ({enc.fingerprint[:12]}), ORT CPU; server and load generator are "
               "separate processes on 127.0.0.1.\n")

@@ -257,14 +257,22 @@ def test_default_split_on_large_input():
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_batch_blocks(threads):
-    """Batches larger than a query block, with chunked row scans."""
+@pytest.mark.parametrize("nbytes", [8, 16, 32, 64])
+def test_batch_blocks(threads, nbytes):
+    """Batches larger than a query block, with chunked row scans (at 16-64 bytes on AVX-512:
+    transposed chunks), a last chunk whose rows are not a multiple of 8, ties and a mask."""
     rng = np.random.default_rng(threads)
-    codes = make_codes(rng, 20_000, 8, 200)
-    queries = make_codes(rng, 75, 8, None)
-    queries[::3] = codes[rng.integers(0, 20_000, 25)]
-    for k in (1, 100):
-        assert_same(H.search(codes, queries, k, threads), brute_force_search(queries, codes, k))
+    n = 10_003
+    codes = make_codes(rng, n, nbytes, 200)
+    queries = make_codes(rng, 75, nbytes, None)
+    queries[::3] = codes[rng.integers(0, n, 25)]
+    allow = rng.random(n) < 0.7
+    cases = [(k, None) for k in (1, 100)] + [(10, allow)]
+    wants = [brute_force_search(queries, codes, k, mask) for k, mask in cases]
+    for level in LEVELS:
+        with forced_level(level):
+            for (k, mask), want in zip(cases, wants):
+                assert_same(H.search(codes, queries, k, threads, mask), want)
 
 
 def test_empty_inputs():
