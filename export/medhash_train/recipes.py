@@ -72,6 +72,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # one 128-bit network that also learns the two-network ensemble's ranking and probabilities
     # (medhash_train.ensemble.relational_distillation), at one network's cost and code length (docs/model.md: level
     # with the untaught network over two seeds)
+    "con-features-pre-128b-ema0.995-mild-nt-soft": dict(_PRE, nbits=128, ema=0.995, views="mild-nt-soft"),
     "con-features-pre-128b-ema0.995-mild-nt-kd": dict(_PRE, nbits=128, ema=0.995, views="mild-nt", distill=1.0),   # the shipped default model
     # two networks of 64 bits each: the ensemble at the one network's code length (128 bits), so
     # an index holds as many codes per GB and scans them as fast as before

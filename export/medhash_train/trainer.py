@@ -84,7 +84,8 @@ class TrainConfig:
     views: str = "light"             # the two views: "light" (augment), "strong" (SimCLR's crops, gamma, noise),
                                      # "mixed" (one of each; the classifier learns from the light one only),
                                      # "mild" (as mixed, the strong view cropping >= 70% and less noise),
-                                     # "mild-nt" (as mild, and the pair loss too sees the light view only)
+                                     # "mild-nt" (as mild, and the pair loss too sees the light view only),
+                                     # "mild-nt-soft" (as mild-nt, half of each view's images softened: soften())
     recipe: str | None = None        # the medhash_train.recipes name it started from (recorded only)
     ema: float = 0.0                 # > 0: keep (and return) an exponential moving average of the weights, this decay per step
     members: int = 1                 # > 1: train that many networks (seeds seed * members + i) and ship them as one
@@ -188,6 +189,25 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 _MILD = functools.partial(strong_augment, min_area=0.7, noise=0.05)
+
+
+def soften(x: torch.Tensor, gen: torch.Generator, p: float = 0.5, max_factor: float = 2.5) -> torch.Tensor:
+    """A share p of the images resampled through a lower resolution (one factor 1.5-max_factor
+    a batch: area down, bilinear up). The NIH collections differ in sharpness (nih1000_64 was
+    made small upstream and is soft, nih_extra_128 is sharp), and a network that reads the
+    source from sharpness does not carry over between them."""
+    b, _, h, w = x.shape
+    r = torch.rand(b + 1, device=x.device, generator=gen, dtype=torch.float32)
+    f = 1.5 + (max_factor - 1.5) * float(r[-1])
+    small = F.interpolate(x, size=(max(4, round(h / f)), max(4, round(w / f))), mode="area")
+    soft = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    keep = (r[:b] >= p).view(b, 1, 1, 1).to(x.dtype)
+    return x * keep + soft * (1 - keep)
+
+
+def _softened(view: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    return lambda x, gen: view(soften(x, gen), gen)
+
 # TrainConfig.views: (first view, second view, does the classifier see both?, does the pair loss?)
 VIEWS: dict[str, tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor], bool, bool]] = {
     "light": (augment, augment, True, True),
@@ -195,6 +215,7 @@ VIEWS: dict[str, tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor],
     "mixed": (augment, strong_augment, False, True),
     "mild": (augment, _MILD, False, True),
     "mild-nt": (augment, _MILD, False, False),
+    "mild-nt-soft": (_softened(augment), _softened(_MILD), False, False),
 }
 
 
