@@ -178,6 +178,23 @@ std::unique_ptr<medhash::MultiIndex> build_multi_index(const py::object& codes_o
     return mi;
 }
 
+void remove_multi_index_rows(medhash::MultiIndex& mi, const py::object& codes_obj, const py::object& rows_obj) {
+    py::array codes = check_codes(codes_obj, "codes");
+    if (codes.shape(1) != mi.nbytes || codes.shape(0) < mi.n)
+        throw py::value_error("codes must be the " + std::to_string(mi.nbytes) + "-byte codes the tables were built "
+                              "over (at least " + std::to_string(mi.n) + " rows), got shape (" +
+                              std::to_string(codes.shape(0)) + ", " + std::to_string(codes.shape(1)) + ")");
+    auto rows = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(rows_obj);
+    if (!rows || rows.ndim() != 1) throw py::type_error("rows must be a 1-D array of row numbers");
+    const int64_t* r = rows.data();
+    const int64_t count = rows.shape(0), n = codes.shape(0);
+    for (int64_t i = 0; i < count; ++i)
+        if (r[i] < 0 || r[i] >= n || (i > 0 && r[i] <= r[i - 1]))
+            throw py::value_error("rows must be sorted, unique row numbers of codes (0 .. " + std::to_string(n - 1) + ")");
+    py::gil_scoped_release release;
+    medhash::remove_multi_index_rows(mi, static_cast<const uint8_t*>(codes.data()), r, count);
+}
+
 std::string set_simd_level(const std::string& name) {
     const int l = parse_level(name);
     if (l < 0)
@@ -219,7 +236,10 @@ PYBIND11_MODULE(_hamming, m) {
             return t;
         })
         .def_property_readonly("copied_codes", [](const medhash::MultiIndex& mi) { return !mi.codes.empty(); })
-        .def_property_readonly("memory_bytes", &medhash::MultiIndex::memory_bytes);
+        .def_property_readonly("memory_bytes", &medhash::MultiIndex::memory_bytes)
+        .def("remove_rows", &remove_multi_index_rows, py::arg("codes"), py::arg("rows"),
+             "Take rows (sorted ascending, unique row numbers of codes, which still holds them) out of the "
+             "tables, renumbering the rows above them as Index.remove() does.");
     m.def("build_multi_index", &build_multi_index, py::arg("codes"), py::arg("substrings") = py::none(),
           py::arg("threads") = 1, py::arg("copy_codes") = false,
           R"doc(Multi-index hashing tables over every row of codes (uint8 (n, nbytes), C-contiguous).

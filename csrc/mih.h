@@ -30,6 +30,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -282,6 +283,60 @@ inline void build_multi_index(MultiIndex& mi, const uint8_t* codes, int64_t n, i
     run_threads(nthreads, [&](int t) {
         for (int j = t; j < m; j += nthreads) build_table(j);
     });
+}
+
+// Take rows out of the tables in place, as Index.remove() takes them out of its codes: removed
+// (sorted ascending, unique) are row numbers of codes, whose rows are all still there; rows the
+// tables do not cover (>= mi.n) need nothing. Each table loses those rows' entries (and copied
+// codes), the buckets after them start one entry earlier per entry removed before them, and
+// every row number above a removed row drops by one. One pass over each table: tens of
+// milliseconds at 10M rows, against about a second to build them again.
+inline void remove_multi_index_rows(MultiIndex& mi, const uint8_t* codes, const int64_t* removed, int64_t count) {
+    std::vector<uint32_t> gone;
+    for (int64_t i = 0; i < count; ++i)
+        if (removed[i] < mi.n) gone.push_back(static_cast<uint32_t>(removed[i]));
+    if (gone.empty()) return;
+    const int64_t nb = mi.nbytes;
+    const bool copied = !mi.codes.empty();
+    for (int j = 0; j < mi.m; ++j) {
+        std::vector<uint32_t>& off = mi.offsets[static_cast<size_t>(j)];
+        std::vector<uint32_t>& rows = mi.rows[static_cast<size_t>(j)];
+        std::vector<uint64_t>& filled = mi.filled[static_cast<size_t>(j)];
+        uint8_t* copy = copied ? mi.codes[static_cast<size_t>(j)].data() : nullptr;
+        std::vector<uint32_t> pos, buckets;  // each removed row's entry, and its bucket
+        for (uint32_t r : gone) {
+            const uint32_t b = mi.bucket(j, mi.value(j, codes + int64_t{r} * nb));
+            uint32_t p = off[b];
+            while (p < off[b + 1] && rows[p] != r) ++p;
+            if (p == off[b + 1]) throw std::logic_error("multi-index tables out of step with the codes");
+            pos.push_back(p);
+            buckets.push_back(b);
+        }
+        std::sort(pos.begin(), pos.end());
+        std::sort(buckets.begin(), buckets.end());
+        size_t w = 0, next = 0;
+        for (size_t p = 0; p < rows.size(); ++p) {
+            if (next < pos.size() && p == pos[next]) {
+                ++next;
+                continue;
+            }
+            const uint32_t v = rows[p];
+            rows[w] = v - static_cast<uint32_t>(std::upper_bound(gone.begin(), gone.end(), v) - gone.begin());
+            if (copied && w != p) std::memmove(copy + w * nb, copy + p * nb, static_cast<size_t>(nb));
+            ++w;
+        }
+        rows.resize(w);
+        if (copied) mi.codes[static_cast<size_t>(j)].resize(w * static_cast<size_t>(nb));
+        // bucket b starts earlier by the entries removed from buckets before it
+        size_t k = 0;
+        for (size_t b = buckets.front() + 1; b < off.size(); ++b) {
+            while (k < buckets.size() && buckets[k] < b) ++k;
+            off[b] -= static_cast<uint32_t>(k);
+        }
+        for (uint32_t b : buckets)
+            if (off[b] == off[b + 1]) filled[b >> 6] &= ~(uint64_t{1} << (b & 63));
+    }
+    mi.n -= static_cast<int64_t>(gone.size());
 }
 
 }  // namespace medhash

@@ -305,21 +305,52 @@ def test_id_map_stays_right_through_many_small_adds_and_removes(kind, monkeypatc
     make = (lambda a: a.astype(np.int64)) if kind == "int" else (lambda a: [f"id{x}" for x in a])
     idx = Index(8)
     present: list = []
+    codes: dict = {}
+    sizes = iter([1, 5, _ids.DROP_IN_PLACE_MAX + 4, 2, 1, _ids.DROP_IN_PLACE_MAX, 3, 20, 1] * 3)
     for step in range(60):
         chunk = pool[step * 10:(step + 1) * 10]
-        idx.add(_codes(10, 1, seed=step), ids=make(chunk))
+        new_codes = _codes(10, 1, seed=step)
+        idx.add(new_codes, ids=make(chunk))
         present += list(make(chunk))
-        if step % 7 == 3:
-            gone = [present[i] for i in rng.choice(len(present), 5, replace=False)]
+        codes.update(zip(make(chunk), new_codes.tobytes()))
+        if step % 3 == 1:   # removes of a few rows (moved in place) and of many (one gather)
+            gone = [present[i] for i in rng.choice(len(present), next(sizes), replace=False)]
             idx.remove(gone)
             present = [p for p in present if p not in set(gone)]
         probe = present[:: max(1, len(present) // 25)]
         assert all(p in idx for p in probe)
     assert list(idx.ids) == present
+    assert idx.codes.tobytes() == bytes(codes[p] for p in present)
     absent = [x for x in make(pool) if x not in set(present)]
     assert not any(a in idx for a in absent)
     rows = idx._ids.rows(idx._ids.prepare(present))
     assert rows.tolist() == list(range(len(present)))
+
+
+def test_removes_find_their_rows_among_equal_hashes(monkeypatch):
+    """With every string id hashing alike, a remove must still take out exactly its rows."""
+    monkeypatch.setattr(_ids, "hash_bytes", lambda enc: np.zeros(len(enc), np.uint64))
+    idx = Index(8)
+    ids = [f"u{i}" for i in range(30)]
+    idx.add(_codes(30, 1), ids=ids)
+    assert "u7" in idx       # builds the id -> row map
+    idx.remove(["u17", "u3"])
+    idx.remove(["u4"])
+    kept = [i for i in ids if i not in {"u17", "u3", "u4"}]
+    assert list(idx.ids) == kept
+    assert idx._ids.rows(idx._ids.prepare(kept)).tolist() == list(range(len(kept)))
+    assert not any(i in idx for i in ("u17", "u3", "u4"))
+
+
+def test_drop_ranges_refuses_bad_ranges():
+    """The in-place remover moves memory by address: bad ranges raise, they never write."""
+    buf = np.arange(10, dtype=np.int64)
+    for starts, stops in (([-1], [2]), ([8], [11]), ([5, 3], [6, 4]), ([2, 3], [5, 6]), ([4], [4])):
+        with pytest.raises(ValueError, match="internal"):
+            _ids.drop_ranges(buf, 10, np.array(starts), np.array(stops))
+    assert buf.tolist() == list(range(10))
+    assert _ids.drop_ranges(buf, 10, np.array([1, 4]), np.array([3, 5])) == 7
+    assert buf[:7].tolist() == [0, 3, 5, 6, 7, 8, 9]
 
 
 def test_string_ids_survive_hash_collisions(monkeypatch):

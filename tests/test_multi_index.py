@@ -15,6 +15,7 @@ import pytest
 
 from medhash_sdk import Index, MultiIndexInfo
 from medhash_sdk import _hamming as H
+from medhash_sdk import _ids
 from medhash_sdk.codes import brute_force_search
 
 
@@ -138,8 +139,8 @@ def test_masks(mode, copy):
 @pytest.mark.parametrize("mode", [ALWAYS_TABLES, ALWAYS_SCAN], ids=["tables", "scan"])
 def test_follows_add_and_remove(mode, copy):
     """Rows added after the build are scanned (the tables are rebuilt once they cover less than
-    8/9 of the rows); remove() drops the tables and the next search rebuilds them, copies of
-    the codes included when asked for."""
+    8/9 of the rows); remove() of many rows drops the tables and the next search rebuilds them,
+    copies of the codes included when asked for."""
     rng = np.random.default_rng(3)
     codes = clustered(rng, 3000, 8)
     idx = Index(64)
@@ -159,6 +160,47 @@ def test_follows_add_and_remove(mode, copy):
         assert idx.multi_index.copied_codes is copy
         idx.add(codes[:5], ids=[10_000 + i for i in range(5)])  # the same codes again: ties
         check_equal(idx, codes[:5], 30)
+
+
+@pytest.mark.parametrize("copy", [False, True], ids=["rows", "copied"])
+@pytest.mark.parametrize("nbits", [16, 64, 128, 256])
+def test_few_removed_rows_leave_the_tables_in_place(nbits, copy):
+    """remove() of up to DROP_IN_PLACE_MAX rows takes them out of the tables (no rebuild): rows
+    the tables cover, rows of the scanned tail, the first and last row, rows sharing buckets
+    with others (clustered codes, many ties); every answer stays the scan's."""
+    rng = np.random.default_rng(nbits)
+    codes = clustered(rng, 2500, nbits // 8)
+    idx = Index(nbits)
+    idx.add(codes[:2300])
+    idx.build_multi_index(substrings=max(2, nbits // 16), copy_codes=copy)
+    idx.add(codes[2300:])   # a tail the tables do not cover
+    for gone in ([0], [5, 6, 7], [2299, 2300, 2400], [-1], list(range(40, 48)), [1, 1000, 2000]):
+        tables = idx._multi
+        covered = idx.multi_index.rows
+        rows = [g % len(idx) for g in gone]
+        idx.remove(idx.ids[rows])
+        assert idx._multi is tables  # kept, not rebuilt
+        assert idx.multi_index.rows == covered - sum(1 for r in rows if r < covered)
+        with patience(ALWAYS_TABLES):
+            check_equal(idx, codes[::97], 10)
+            check_equal(idx, codes[::251], len(idx) + 3)
+    idx.remove(idx.ids[:_ids.DROP_IN_PLACE_MAX + 1])
+    assert idx.multi_index is None  # many rows: dropped, rebuilt at the next search
+    with patience(ALWAYS_TABLES):
+        check_equal(idx, codes[::97], 10)
+
+
+def test_remove_rows_checks_its_arguments():
+    idx = Index(64)
+    idx.add(clustered(np.random.default_rng(0), 300, 8))
+    idx.build_multi_index()
+    tables = idx._multi
+    for rows, err in (([3, 2], ValueError), ([-1], ValueError), ([300], ValueError), ([[1]], TypeError)):
+        with pytest.raises(err):
+            tables.remove_rows(idx.codes, np.array(rows, dtype=np.int64))
+    with pytest.raises(ValueError, match="codes"):
+        tables.remove_rows(idx.codes[:, :4], np.array([1]))
+    assert tables.rows == 300
 
 
 def test_string_ids_and_threads():

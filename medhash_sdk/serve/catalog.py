@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .._ids import Growable
 from .._rwlock import RWLock
 from ..exceptions import IndexFileError
 from ..index import Index
@@ -68,36 +69,29 @@ def patient_key(h: str | None) -> int:
 
 
 class _Columns:
-    """Growable numpy columns aligned with the Index rows."""
+    """Numpy columns aligned with the Index rows, grown and shrunk like the Index's own arrays
+    (medhash_sdk._ids.Growable: removing a few rows moves the later ones down in place)."""
 
     DTYPES = {"seq": np.int64, "modality": np.uint16, "view": np.uint16, "date": np.int32, "patient": np.uint64}
 
     def __init__(self) -> None:
-        self.n = 0
-        self.data = {k: np.zeros(1024, dtype=t) for k, t in self.DTYPES.items()}
+        self.cols = {k: Growable.empty(t) for k, t in self.DTYPES.items()}
+
+    @property
+    def n(self) -> int:
+        return self.cols["seq"].n
 
     def append(self, cols: dict[str, np.ndarray]) -> None:
-        m = len(cols["seq"])
-        need = self.n + m
-        cap = len(self.data["seq"])
-        if need > cap:
-            cap = max(need, cap * 2)
-            for k, a in self.data.items():
-                b = np.zeros(cap, dtype=a.dtype)
-                b[: self.n] = a[: self.n]
-                self.data[k] = b
-        for k, a in self.data.items():
-            a[self.n:need] = cols[k]
-        self.n = need
+        for k, g in self.cols.items():
+            g.append(np.asarray(cols[k], dtype=self.DTYPES[k]))
 
-    def keep(self, keep: np.ndarray) -> None:
-        for k, a in self.data.items():
-            kept = a[: self.n][keep]
-            a[: len(kept)] = kept
-        self.n = int(np.count_nonzero(keep))
+    def drop(self, rows: np.ndarray) -> None:
+        """Remove rows (sorted, unique), keeping the order of the others."""
+        for g in self.cols.values():
+            g.drop(rows)
 
     def __getitem__(self, name: str) -> np.ndarray:
-        return self.data[name][: self.n]
+        return self.cols[name].data
 
 
 class Catalog:
@@ -153,7 +147,7 @@ class Catalog:
         if not ids:
             return
         self.index.remove(ids)
-        self.cols.keep(~np.isin(self.cols["seq"], np.asarray(seqs, dtype=np.int64)))
+        self.cols.drop(np.flatnonzero(np.isin(self.cols["seq"], np.asarray(seqs, dtype=np.int64))))
 
     # ------------------------------------------------------------ reads (caller holds the read lock)
     def mask(self, f: Filters) -> np.ndarray | None:
