@@ -314,17 +314,31 @@ inline void remove_multi_index_rows(MultiIndex& mi, const uint8_t* codes, const 
         }
         std::sort(pos.begin(), pos.end());
         std::sort(buckets.begin(), buckets.end());
-        size_t w = 0, next = 0;
-        for (size_t p = 0; p < rows.size(); ++p) {
-            if (next < pos.size() && p == pos[next]) {
-                ++next;
-                continue;
+        // the entries between removed ones move down (onto themselves: out <= in), renumbered
+        size_t w = 0;
+        auto move_down = [&](size_t a, size_t b) {
+            uint32_t* out = rows.data() + w;
+            const uint32_t* in = rows.data() + a;
+            if (gone.size() <= 16) {
+                for (size_t i = 0; i < b - a; ++i) {
+                    const uint32_t v = in[i];
+                    uint32_t below = 0;
+                    for (const uint32_t g : gone) below += v > g;
+                    out[i] = v - below;
+                }
+            } else {
+                for (size_t i = 0; i < b - a; ++i)
+                    out[i] = in[i] - static_cast<uint32_t>(std::upper_bound(gone.begin(), gone.end(), in[i]) - gone.begin());
             }
-            const uint32_t v = rows[p];
-            rows[w] = v - static_cast<uint32_t>(std::upper_bound(gone.begin(), gone.end(), v) - gone.begin());
-            if (copied && w != p) std::memmove(copy + w * nb, copy + p * nb, static_cast<size_t>(nb));
-            ++w;
+            if (copied && w != a) std::memmove(copy + w * nb, copy + a * nb, (b - a) * static_cast<size_t>(nb));
+            w += b - a;
+        };
+        size_t from = 0;
+        for (const uint32_t p : pos) {
+            move_down(from, p);
+            from = size_t{p} + 1;
         }
+        move_down(from, rows.size());
         rows.resize(w);
         if (copied) mi.codes[static_cast<size_t>(j)].resize(w * static_cast<size_t>(nb));
         // bucket b starts earlier by the entries removed from buckets before it
