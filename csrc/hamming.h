@@ -321,6 +321,33 @@ MH_AVX512 static inline __m512i broadcast_query(const uint8_t* q) {
 template <int NB>
 constexpr int kGroupVecs = NB == 8 ? 8 : NB == 64 ? 2 : 4;
 
+// One group of U vectors of 8 distances (rows row, row + 1, ...; lanes in dist8<ORDER_NB>'s
+// order): the minimum against the threshold, and only when it passes (rarely, after the first
+// rows) each row below it offered, in row order.
+template <int U, int ORDER_NB>
+MH_AVX512 static inline void test_group(const __m512i (&d)[U], int64_t row, TopK& st, const uint8_t* allow,
+                                        int& T, __m512i& vT, uint64_t* dist) {
+    __m512i mn[U];
+#pragma GCC unroll 8
+    for (int u = 0; u < U; ++u) mn[u] = d[u];
+    // minimum of the group by a tree (pairs, then pairs of pairs)
+#pragma GCC unroll 8
+    for (int w = 1; w < U; w *= 2)
+#pragma GCC unroll 8
+        for (int u = 0; u + w < U; u += 2 * w) mn[u] = _mm512_min_epu64(mn[u], mn[u + w]);
+    if (_mm512_cmplt_epu64_mask(mn[0], vT) != 0) {
+        uint64_t m = 0;
+#pragma GCC unroll 8
+        for (int u = 0; u < U; ++u) {
+            const __m512i o = in_row_order<ORDER_NB>(d[u]);
+            _mm512_store_si512(dist + 8 * u, o);
+            m |= static_cast<uint64_t>(_mm512_cmplt_epu64_mask(o, vT)) << (8 * u);
+        }
+        offer_mask(st, row, m, dist, allow, T);
+        vT = _mm512_set1_epi64(T);
+    }
+}
+
 // The hot loop tests only the minimum of a group's distances against the threshold: one
 // compare and one rarely taken branch per group (per-vector mask compares and ORs cost
 // ~15% over the memory floor at 64 bits on Zen 5). A group that holds a candidate is
@@ -350,25 +377,10 @@ MH_AVX512 static void scan_rows(const uint8_t* codes, int64_t begin, int64_t end
             for (int l = 0; l < G * NB / 64; ++l)
                 _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetchBytes + 64 * l, _MM_HINT_T0);
         }
-        __m512i d[U], mn[U];
+        __m512i d[U];
 #pragma GCC unroll 8
-        for (int u = 0; u < U; ++u) mn[u] = d[u] = dist8<NB>(p + 8 * NB * u, q);
-        // minimum of the group by a tree (pairs, then pairs of pairs)
-#pragma GCC unroll 8
-        for (int w = 1; w < U; w *= 2)
-#pragma GCC unroll 8
-            for (int u = 0; u + w < U; u += 2 * w) mn[u] = _mm512_min_epu64(mn[u], mn[u + w]);
-        if (_mm512_cmplt_epu64_mask(mn[0], vT) != 0) {
-            uint64_t m = 0;
-#pragma GCC unroll 8
-            for (int u = 0; u < U; ++u) {
-                const __m512i o = in_row_order<NB>(d[u]);
-                _mm512_store_si512(dist + 8 * u, o);
-                m |= static_cast<uint64_t>(_mm512_cmplt_epu64_mask(o, vT)) << (8 * u);
-            }
-            offer_mask(st, row, m, dist, allow, T);
-            vT = _mm512_set1_epi64(T);
-        }
+        for (int u = 0; u < U; ++u) d[u] = dist8<NB>(p + 8 * NB * u, q);
+        test_group<U, NB>(d, row, st, allow, T, vT, dist);
     }
     for (; row + 8 <= end; row += 8, p += 8 * NB) {
         const __m512i d0 = in_row_order<NB>(dist8<NB>(p, q));
@@ -474,23 +486,10 @@ MH_AVX512 static void scan_transposed(const uint64_t* t, int64_t rows, int64_t r
     alignas(64) uint64_t dist[8 * U];
     int64_t r = 0;
     for (; r + 8 * U <= rows; r += 8 * U, t += U * NB) {
-        __m512i d[U], mn[U];
+        __m512i d[U];
 #pragma GCC unroll 8
-        for (int u = 0; u < U; ++u) mn[u] = d[u] = dist8_transposed<W>(t + u * NB, q);
-#pragma GCC unroll 8
-        for (int w = 1; w < U; w *= 2)
-#pragma GCC unroll 8
-            for (int u = 0; u + w < U; u += 2 * w) mn[u] = _mm512_min_epu64(mn[u], mn[u + w]);
-        if (_mm512_cmplt_epu64_mask(mn[0], vT) != 0) {
-            uint64_t m = 0;
-#pragma GCC unroll 8
-            for (int u = 0; u < U; ++u) {
-                _mm512_store_si512(dist + 8 * u, d[u]);
-                m |= static_cast<uint64_t>(_mm512_cmplt_epu64_mask(d[u], vT)) << (8 * u);
-            }
-            offer_mask(st, row0 + r, m, dist, allow, T);
-            vT = _mm512_set1_epi64(T);
-        }
+        for (int u = 0; u < U; ++u) d[u] = dist8_transposed<W>(t + u * NB, q);
+        test_group<U, 8>(d, row0 + r, st, allow, T, vT, dist);   // lanes already in row order
     }
     for (; r < rows; r += 8, t += NB) {
         const __m512i d0 = dist8_transposed<W>(t, q);
