@@ -71,6 +71,12 @@ def drop_rows(buf: np.ndarray, n: int, rows: np.ndarray) -> int:
         return drop_ranges(buf, n, rows, rows + 1)
     keep = np.ones(n, dtype=bool)
     keep[rows] = False
+    return keep_masked(buf, n, keep)
+
+
+def keep_masked(buf: np.ndarray, n: int, keep: np.ndarray) -> int:
+    """Keep the rows of the first n of buf where keep (bool, n) is True, in order, at the start
+    of buf (one gather into a new array, copied back); return how many."""
     kept = buf[:n][keep]
     buf[: len(kept)] = kept
     return len(kept)
@@ -182,7 +188,8 @@ class _SortedRows:
     def drop(self, rows: np.ndarray, keys: np.ndarray) -> None:
         """Rows (sorted, unique) are being removed and the rest compacted in order; keys: the key
         of every row before the removal. A few rows: their entries leave the big run in place and
-        the rows above each are renumbered in one pass; many: one gather of everything kept."""
+        the rows above each removed one are renumbered (a pass per removed row); many: one
+        gather of everything kept."""
         n_old = len(keys)
         delta = self.delta + self.n_main
         if len(rows) > DROP_IN_PLACE_MAX:
@@ -491,7 +498,7 @@ class StrIds:
             keep = np.ones(len(self), dtype=bool)
             keep[rows] = False
             lengths = np.diff(off)
-            self.blob.n = drop_rows(self.blob.buf, self.blob.n, np.flatnonzero(~np.repeat(keep, lengths)))
+            self.blob.n = keep_masked(self.blob.buf, self.blob.n, np.repeat(keep, lengths))
             new_off = np.zeros(int(np.count_nonzero(keep)) + 1, dtype=np.int64)
             np.cumsum(lengths[keep], out=new_off[1:])
             self.offsets = Growable(new_off)
