@@ -285,6 +285,45 @@ def test_encode_pipeline_batches_waiting_images_and_fails_only_the_bad_one():
         pipe.close()
 
 
+@pytest.mark.parametrize("gather_s", [0.0, 5.0])
+def test_encode_pipeline_waits_for_images_being_decoded_but_not_for_a_lone_one(gather_s):
+    """The model thread waits (up to gather_s) for images a decode thread is working on, so
+    they share one model run; a lone image waits for nobody, whatever gather_s is."""
+    import threading
+    import time
+
+    from medhash_sdk.serve.encoding import EncodePipeline
+
+    class Model:
+        def __init__(self) -> None:
+            self.batches: list[int] = []
+
+        def outputs_preprocessed(self, x: np.ndarray) -> dict[str, np.ndarray]:
+            self.batches.append(len(x))
+            return {"code_logits": np.ones((len(x), 8)), "attention": np.ones((len(x), 1, 2, 2), np.float32)}
+
+    model = Model()
+    pipe = EncodePipeline(model, decode_threads=2, max_batch=8, gather_s=gather_s)
+    try:
+        t0 = time.perf_counter()
+        pipe.submit(lambda: (np.zeros((1, 2, 2), np.float32), "lone")).result(10)
+        assert time.perf_counter() - t0 < 2.0 and model.batches == [1]
+        slow_started = threading.Event()
+
+        def slow() -> tuple[np.ndarray, str]:
+            slow_started.set()
+            time.sleep(0.3)
+            return np.zeros((1, 2, 2), np.float32), "slow"
+
+        b = pipe.submit(slow)
+        slow_started.wait(10)
+        a = pipe.submit(lambda: (np.zeros((1, 2, 2), np.float32), "fast"))
+        assert a.result(10).context == "fast" and b.result(10).context == "slow"
+        assert model.batches[1:] == ([2] if gather_s else [1, 1])
+    finally:
+        pipe.close()
+
+
 def test_search_equals_a_fresh_index_and_filters_apply_inside_the_scan(svc):
     from medhash_sdk import Encoder
 
