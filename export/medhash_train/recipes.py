@@ -68,12 +68,12 @@ RECIPES: dict[str, dict[str, Any]] = {
     "con-features-pre-128b-ema0.995-mild-nt": dict(_PRE, nbits=128, ema=0.995, views="mild-nt"),   # the default model until 2026-12-06, evening
     "con-features-pre-128b-ema0.995-balanced": dict(_PRE, nbits=128, ema=0.995, balanced=True),
     # two networks of mild-nt from different seeds, codes side by side (medhash_train.ensemble): 256 bits
-    "con-features-pre-128b-ema0.995-mild-nt-x2": dict(_PRE, nbits=128, ema=0.995, views="mild-nt", members=2),
+    "con-features-pre-128b-ema0.995-mild-nt-x2": dict(_PRE, nbits=128, ema=0.995, views="mild-nt", members=2),   # the shipped default model
     # one 128-bit network that also learns the two-network ensemble's ranking and probabilities
     # (medhash_train.ensemble.relational_distillation), at one network's cost and code length (docs/model.md: level
     # with the untaught network over two seeds)
     "con-features-pre-128b-ema0.995-mild-nt-soft": dict(_PRE, nbits=128, ema=0.995, views="mild-nt-soft"),
-    "con-features-pre-128b-ema0.995-mild-nt-kd": dict(_PRE, nbits=128, ema=0.995, views="mild-nt", distill=1.0),   # the shipped default model
+    "con-features-pre-128b-ema0.995-mild-nt-kd": dict(_PRE, nbits=128, ema=0.995, views="mild-nt", distill=1.0),   # the default model until 2026-12-06, late evening
     # two networks of 64 bits each: the ensemble at the one network's code length (128 bits), so
     # an index holds as many codes per GB and scans them as fast as before
     "con-features-pre-64b-ema0.995-mild-nt-x2": dict(_PRE, nbits=64, ema=0.995, views="mild-nt", members=2),
