@@ -119,6 +119,16 @@ inline void offer_mask(TopK& st, int64_t row0, uint64_t mask, const uint64_t* di
     }
 }
 
+// rows (a multiple of 8) codes of NB bytes from src into dst, word-major per 8 rows: the layout
+// every transposed batch kernel reads (avx512::transpose_rows does the same with shuffles).
+template <int NB>
+inline void transpose_rows_portable(const uint8_t* src, int64_t rows, uint64_t* dst) {
+    constexpr int W = NB / 8;
+    for (int64_t r = 0; r < rows; r += 8, src += 8 * NB, dst += NB)
+        for (int i = 0; i < 8; ++i)
+            for (int w = 0; w < W; ++w) dst[8 * w + i] = load_u64(src + i * NB + 8 * w);
+}
+
 // ---- AVX2: byte popcount by nibble lookup (vpshufb), summed by vpsadbw ----
 namespace avx2 {
 #define MH_AVX2 __attribute__((target("avx2,popcnt")))
@@ -225,6 +235,52 @@ MH_AVX2 static void scan(const uint8_t* codes, int64_t, int64_t begin, int64_t e
         }
     }
     popcnt::scan_fixed<NB>(codes, row, end, query, st, allow);
+}
+
+// Distances of 4 rows of a transposed block (b: word 0 of those rows; word w 8 words further):
+// the words' byte counts are added as bytes (at most 8 * 8 = 64 a byte) and summed by one
+// vpsadbw, instead of one vpsadbw a word and the cross-lane adds of sum_rows4.
+template <int W>
+MH_AVX2 static inline __m256i dist4_transposed(const uint64_t* b, const __m256i* q) {
+    __m256i bytes = popcount_bytes(_mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b)), q[0]));
+#pragma GCC unroll 8
+    for (int w = 1; w < W; ++w)
+        bytes = _mm256_add_epi8(bytes, popcount_bytes(_mm256_xor_si256(
+                                           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 8 * w)), q[w])));
+    return _mm256_sad_epu8(bytes, _mm256_setzero_si256());
+}
+
+// One query over rows (a multiple of 8) of a transposed chunk whose first row is row0 (the
+// threshold test and offers of scan above, 16 rows at a time).
+template <int NB>
+MH_AVX2 static void scan_transposed(const uint64_t* t, int64_t rows, int64_t row0, const uint8_t* query,
+                                    TopK& st, const uint8_t* allow) {
+    constexpr int W = NB / 8;
+    __m256i q[W];
+#pragma GCC unroll 8
+    for (int w = 0; w < W; ++w) q[w] = _mm256_set1_epi64x(static_cast<long long>(load_u64(query + 8 * w)));
+    int T = st.threshold();
+    __m256i vT = _mm256_set1_epi64x(T);
+    alignas(32) uint64_t dist[16];
+    int64_t r = 0;
+    for (; r < rows; r += 16, t += 2 * NB) {
+        const bool two = r + 16 <= rows;  // two blocks of 8 rows, or the last one alone
+        __m256i d[4];
+        d[0] = dist4_transposed<W>(t, q);
+        d[1] = dist4_transposed<W>(t + 4, q);
+        d[2] = two ? dist4_transposed<W>(t + NB, q) : _mm256_set1_epi64x(T);
+        d[3] = two ? dist4_transposed<W>(t + NB + 4, q) : _mm256_set1_epi64x(T);
+        unsigned m = 0;
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v)
+            m |= static_cast<unsigned>(_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(vT, d[v])))) << (4 * v);
+        if (m) {
+#pragma GCC unroll 4
+            for (int v = 0; v < 4; ++v) _mm256_store_si256(reinterpret_cast<__m256i*>(dist + 4 * v), d[v]);
+            offer_mask(st, row0 + r, m, dist, allow, T);
+            vT = _mm256_set1_epi64x(T);
+        }
+    }
 }
 
 struct Kernels {
@@ -615,6 +671,13 @@ inline BatchKernels select_batch(int level, int64_t nbytes) {
             case 16: return {&avx512::transpose_rows<16>, &avx512::scan_transposed<16>};
             case 32: return {&avx512::transpose_rows<32>, &avx512::scan_transposed<32>};
             case 64: return {&avx512::transpose_rows<64>, &avx512::scan_transposed<64>};
+            default: break;
+        }
+    } else if (level >= LEVEL_AVX2) {
+        switch (nbytes) {
+            case 16: return {&transpose_rows_portable<16>, &avx2::scan_transposed<16>};
+            case 32: return {&transpose_rows_portable<32>, &avx2::scan_transposed<32>};
+            case 64: return {&transpose_rows_portable<64>, &avx2::scan_transposed<64>};
             default: break;
         }
     }
