@@ -207,7 +207,9 @@ def test_bad_input_is_4xx_with_one_line_never_500(tmp_path, model):
             (s.client.post("/v1/search", content=b"{", headers={**s.r, "Content-Type": "application/json"}), 422, ""),
             (s.client.post("/v1/search", content=b"id=a", headers={**s.r, "Content-Type": "text/plain"}), 415, ""),
             (s.search({"dicomweb": {"sop_instance_uid": "1.2.3"}}), 400, "--dicomweb-url"),
-            # searches by upload are answered by the gate itself (app.Gate.direct): the same answers
+            (s.client.post("/v1/search?explain=maybe", json={"id": "a"}, headers=s.r), 422, "explain"),
+            # searches (JSON above, uploads below) are answered by the gate itself (app.Gate.direct):
+            # the same answers as through FastAPI
             (s.client.post("/v1/search", files={"file": ("x.png", b"not an image")}, headers=s.r), 422,
              "unreadable image"),
             (s.client.post("/v1/search", files={"file": ("x.png", png)}, headers=s.r), 422, "exceeds the limit"),

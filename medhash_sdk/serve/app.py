@@ -145,6 +145,12 @@ def error_response(e: Exception, scope: MutableMapping[str, Any]) -> JSONRespons
         return JSONResponse({"detail": str(e)}, status_code=e.status)
     if isinstance(e, HTTPException):
         return JSONResponse({"detail": e.detail}, status_code=e.status_code, headers=e.headers)
+    if isinstance(e, RequestValidationError):
+        parts = []
+        for err in e.errors()[:5]:
+            where = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+            parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
     log.error("internal error on %s %s", scope.get("method"), scope.get("path"), exc_info=e)
     return JSONResponse({"detail": f"internal error ({type(e).__name__}); logged"}, status_code=500)
 
@@ -195,11 +201,7 @@ def create_app(service: Service) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
-        parts = []
-        for err in e.errors()[:5]:
-            where = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
-            parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
-        return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
+        return error_response(e, request.scope)
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, e: Exception) -> JSONResponse:  # pragma: no cover - a bug
@@ -318,32 +320,35 @@ def create_app(service: Service) -> FastAPI:
     async def search(request: Request,
                      explain: bool = Query(False, description="add thumbnail and heatmap links")) -> JSONResponse:
         ctype = request.headers.get("content-type", "")
-        if ctype.startswith("application/json"):
-            try:
-                body = SearchById.model_validate_json(await request.body())
-            except ValueError as e:
-                raise RequestValidationError(e.errors() if hasattr(e, "errors") else [{"msg": str(e)}]) from None
-            params = body.model_dump()
-            service.parse_search(params)
-            if (body.id is None) == (body.dicomweb is None):
-                raise BadInput("give one of 'id' (a stored item) or 'dicomweb' (an instance in the PACS); "
-                               "or upload a file as multipart/form-data")
-            if body.id is not None:
-                _audit(request, query=[body.id])
-                if params.get("kos"):
-                    out = await run_in_threadpool(_search_item, body.id, params, explain)
-                else:   # two indexed SQLite reads and a queued scan: no worker thread needed
-                    out = await service.search_async(service.query_from_item(body.id), params, explain)
-            else:
-                assert body.dicomweb is not None
-                _audit(request, query=[body.dicomweb.sop_instance_uid])
-                out = await run_in_threadpool(_search_dicomweb, body.dicomweb.model_dump(), params, explain)
-        elif ctype.startswith("multipart/form-data"):
-            return JSONResponse(await search_by_upload(request, explain))   # (the gate usually answers these)
+        if ctype.startswith("application/json"):   # (the gate usually answers these two)
+            return JSONResponse(await search_json(request, explain))
+        if ctype.startswith("multipart/form-data"):
+            return JSONResponse(await search_by_upload(request, explain))
+        raise BadInput("send multipart/form-data with a 'file' part, or JSON {\"id\": ...}", 415)
+
+    async def search_json(request: Request, explain: bool) -> dict[str, Any]:
+        """POST /v1/search with JSON: by a stored item's id, or by an instance in the PACS."""
+        try:
+            body = SearchById.model_validate_json(await request.body())
+        except ValueError as e:
+            raise RequestValidationError(e.errors() if hasattr(e, "errors") else [{"msg": str(e)}]) from None
+        params = body.model_dump()
+        service.parse_search(params)
+        if (body.id is None) == (body.dicomweb is None):
+            raise BadInput("give one of 'id' (a stored item) or 'dicomweb' (an instance in the PACS); "
+                           "or upload a file as multipart/form-data")
+        if body.id is not None:
+            _audit(request, query=[body.id])
+            if params.get("kos"):
+                out = await run_in_threadpool(_search_item, body.id, params, explain)
+            else:   # two indexed SQLite reads and a queued scan: no worker thread needed
+                out = await service.search_async(service.query_from_item(body.id), params, explain)
         else:
-            raise BadInput("send multipart/form-data with a 'file' part, or JSON {\"id\": ...}", 415)
+            assert body.dicomweb is not None
+            _audit(request, query=[body.dicomweb.sop_instance_uid])
+            out = await run_in_threadpool(_search_dicomweb, body.dicomweb.model_dump(), params, explain)
         _audit_answer(request, out)
-        return JSONResponse(out)
+        return out
 
     async def search_by_upload(request: Request, explain: bool) -> dict[str, Any]:
         """POST /v1/search with a multipart upload: the form is parsed and the image decoded in a
@@ -369,6 +374,7 @@ def create_app(service: Service) -> FastAPI:
         return out
 
     app.state.search_by_upload = search_by_upload
+    app.state.search_json = search_json
 
     def _search_item(item_id: str, params: dict[str, Any], explain: bool) -> dict[str, Any]:
         return service.search(service.query_from_item(item_id), params, explain)
@@ -443,29 +449,31 @@ class Gate:
     upload limit (413 before reading past it), and after each request one audit line and the
     request metrics.
 
-    It also answers the hot route itself, a search by upload (POST /v1/search, multipart), with
-    the app's own handler but without FastAPI's middleware and routing on the event loop: under
-    32 concurrent uploads on 2 cores that loop work delayed every thread waiting for the GIL
-    (~6% more uploads/s without it, benchmarks/bench_serve.py)."""
+    It also answers the hot route itself, POST /v1/search (by upload, multipart, or by a stored
+    id, JSON), with the app's own handlers but without FastAPI's middleware and routing on the
+    event loop: under 32 concurrent uploads on 2 cores that loop work delayed every thread
+    waiting for the GIL (~6% more uploads/s without it, benchmarks/bench_serve.py), and it was
+    most of the event loop's time in a search by id."""
 
     def __init__(self, app: FastAPI, service: Service):
         self.app, self.service = app, service
         self.max_body = int(service.settings.max_upload)
-        self.search_by_upload = app.state.search_by_upload
+        self.handlers = {b"multipart/form-data": app.state.search_by_upload, b"application/json": app.state.search_json}
         self.search_route = next(r for r in app.routes if getattr(r, "path", None) == "/v1/search")
 
-    @staticmethod
-    def direct(scope: dict[str, Any]) -> bool:
-        """A search by upload: answered by the gate (see the class)."""
-        return scope.get("method") == "POST" and scope.get("path") == "/v1/search" and \
-            _header(scope, b"content-type").startswith(b"multipart/form-data")
+    def direct(self, scope: dict[str, Any]) -> Any:
+        """The handler of a search the gate answers itself (see the class), or None."""
+        if scope.get("method") != "POST" or scope.get("path") != "/v1/search":
+            return None
+        ctype = _header(scope, b"content-type")
+        return next((h for prefix, h in self.handlers.items() if ctype.startswith(prefix)), None)
 
-    async def _search_by_upload(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def _search(self, handler: Any, scope: dict[str, Any], receive: Any, send: Any) -> None:
         scope["route"] = self.search_route       # for the metrics and the audit line, as FastAPI would
         request = Request(scope, receive)
         try:
             explain = bool(parse_flag("explain", request.query_params.get("explain")))
-            response = JSONResponse(await self.search_by_upload(request, explain))
+            response = JSONResponse(await handler(request, explain))
         except Exception as e:  # noqa: BLE001 - every error is answered in one line
             response = error_response(e, scope)
         await response(scope, receive, send)
@@ -539,8 +547,9 @@ class Gate:
             return message
 
         try:
-            if self.direct(scope):
-                await self._search_by_upload(scope, counted, send_status)
+            handler = self.direct(scope)
+            if handler is not None:
+                await self._search(handler, scope, counted, send_status)
             else:
                 await self.app(scope, counted, send_status)
         finally:
