@@ -73,6 +73,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     # (medhash_train.ensemble.relational_distillation), at one network's cost and code length (docs/model.md: level
     # with the untaught network over two seeds)
     "con-features-pre-128b-ema0.995-mild-nt-soft": dict(_PRE, nbits=128, ema=0.995, views="mild-nt-soft"),
+    # probes for the collection the labels carry over worst to (trained on nih_extra_128): more weight on
+    # the instance term, less on the labels
+    "con-features-pre-128b-ema0.995-mild-nt-w2": dict(_PRE, nbits=128, ema=0.995, views="mild-nt", contrastive=2.0),
+    "con-features-pre-128b-ema0.995-mild-nt-mu0.5": dict(_PRE, nbits=128, ema=0.995, views="mild-nt", mu=0.5),
     "con-features-pre-128b-ema0.995-mild-nt-kd": dict(_PRE, nbits=128, ema=0.995, views="mild-nt", distill=1.0),   # the default model until 2026-12-06, late evening
     # two networks of 64 bits each: the ensemble at the one network's code length (128 bits), so
     # an index holds as many codes per GB and scans them as fast as before
