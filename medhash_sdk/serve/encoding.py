@@ -88,11 +88,11 @@ class EncodePipeline:
             x, context = prepare()
         except BaseException as e:  # noqa: BLE001 - the caller's to raise
             _settle_all([(out, None, e)])
-            return
-        finally:
+        else:
+            self._q.put((x, context, out))
+        finally:   # after the put: a model thread waiting for this image sees it arrive
             with self._decoding_lock:
                 self._decoding -= 1
-        self._q.put((x, context, out))
 
     def close(self) -> None:
         """Finish what was submitted (every caller gets its answer), then stop the threads."""
