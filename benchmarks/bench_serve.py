@@ -136,12 +136,13 @@ def http_request(method: str, path: str, token: str, body: bytes, ctype: str) ->
 
 # ------------------------------------------------------------------ the server (own process)
 class Server:
-    def __init__(self, folder: Path, tmp: Path, model: str | None = None):
+    def __init__(self, folder: Path, tmp: Path, model: str | None = None, search_threads: int = 1):
         self.ready = tmp / f"ready-{time.monotonic_ns()}.json"
         cmd = [sys.executable, "-m", "medhash_sdk", "serve", "--data-dir", str(folder), "--port", "0",
                "--ready-file", str(self.ready), "--providers", "cpu", "--log-level", "warning"]
         if model:
             cmd += ["--model", model]
+        cmd += ["--search-threads", str(search_threads)]
         self.log = open(tmp / "server.log", "ab")
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
@@ -230,7 +231,7 @@ def by_id_run(args: argparse.Namespace, tmp: Path, enc: object, model: str) -> t
     t = time.perf_counter()
     ids = fill(folder2, args.codes, enc.fingerprint, enc.nbits, model)  # type: ignore[attr-defined]
     fill_s = time.perf_counter() - t
-    server = Server(folder2, tmp, model)
+    server = Server(folder2, tmp, model, args.search_threads)
     try:
         rng = np.random.default_rng(1)
         reqs = [http_request("POST", "/v1/search", read2, json.dumps({"id": ids[int(i)], "k": 10}).encode(),
@@ -260,6 +261,7 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--limit-s", type=float, default=300, help="time limit of one load run")
     ap.add_argument("--only-by-id", action="store_true", help="only part 3 (prints, writes no table)")
+    ap.add_argument("--search-threads", type=int, default=1, help="the server's --search-threads (default 1)")
     ap.add_argument("--model", default=None, metavar="MODEL.onnx",
                     help="a model other than the bundled one (table: bench_serve_<file name>.md)")
     args = ap.parse_args()
@@ -285,7 +287,7 @@ def main() -> int:
     # ---------------------------------------------------------- 1 + 2: uploads and adds
     folder = tmp / "data"
     write, read = tokens(folder)
-    server = Server(folder, tmp, model)
+    server = Server(folder, tmp, model, args.search_threads)
     try:
         adds = [http_request("POST", "/v1/items", write, *multipart(
             {"id": f"nih-{i}-{files[i].stem}", "metadata": json.dumps({"modality": "DX"})}, files[i].name, blobs[i]))

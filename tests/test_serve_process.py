@@ -166,7 +166,8 @@ def test_tls_and_command_line_errors(tmp_path, model, other_model):
                               timeout=120, cwd=ROOT)
 
     for args in (["--tls-cert", str(cert)], ["--port", "70000"], ["--ae-title", "A" * 17],
-                 ["--max-upload-mb", "0"], ["--tls-cert", str(cert), "--tls-key", str(tmp_path / "none.pem")]):
+                 ["--max-upload-mb", "0"], ["--search-threads", "0"],
+                 ["--tls-cert", str(cert), "--tls-key", str(tmp_path / "none.pem")]):
         out = medhash("serve", "--data-dir", str(folder), "--model", str(model), *args)
         last = out.stderr.strip().splitlines()[-1]
         assert out.returncode in (1, 2) and last.startswith(("medhash serve: error:", "usage:", "medhash: error")) \
