@@ -206,6 +206,22 @@ MH_AVX2 static inline __m256i dist4(const uint8_t* p, const Query& q) {
     }
 }
 
+// Distances of 16 rows (4 vectors of 4, in row order) against the threshold; the rows below it,
+// rarely after the first few thousand, offered in row order.
+MH_AVX2 static inline void test16(const __m256i (&d)[4], int64_t row, TopK& st, const uint8_t* allow, int& T,
+                                  __m256i& vT, uint64_t* dist) {
+    unsigned m = 0;
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v)
+        m |= static_cast<unsigned>(_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(vT, d[v])))) << (4 * v);
+    if (m) {
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v) _mm256_store_si256(reinterpret_cast<__m256i*>(dist + 4 * v), d[v]);
+        offer_mask(st, row, m, dist, allow, T);
+        vT = _mm256_set1_epi64x(T);
+    }
+}
+
 template <int NB>
 MH_AVX2 static void scan(const uint8_t* codes, int64_t, int64_t begin, int64_t end,
                          const uint8_t* query, TopK& st, const uint8_t* allow) {
@@ -216,23 +232,9 @@ MH_AVX2 static void scan(const uint8_t* codes, int64_t, int64_t begin, int64_t e
     const uint8_t* p = codes + row * NB;
     alignas(32) uint64_t dist[16];
     for (; row + 16 <= end; row += 16, p += 16 * NB) {
-        const __m256i d0 = dist4<NB>(p, q);
-        const __m256i d1 = dist4<NB>(p + 4 * NB, q);
-        const __m256i d2 = dist4<NB>(p + 8 * NB, q);
-        const __m256i d3 = dist4<NB>(p + 12 * NB, q);
-        const unsigned m0 = static_cast<unsigned>(_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(vT, d0))));
-        const unsigned m1 = static_cast<unsigned>(_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(vT, d1))));
-        const unsigned m2 = static_cast<unsigned>(_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(vT, d2))));
-        const unsigned m3 = static_cast<unsigned>(_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(vT, d3))));
-        const unsigned m = m0 | (m1 << 4) | (m2 << 8) | (m3 << 12);
-        if (m) {
-            _mm256_store_si256(reinterpret_cast<__m256i*>(dist), d0);
-            _mm256_store_si256(reinterpret_cast<__m256i*>(dist + 4), d1);
-            _mm256_store_si256(reinterpret_cast<__m256i*>(dist + 8), d2);
-            _mm256_store_si256(reinterpret_cast<__m256i*>(dist + 12), d3);
-            offer_mask(st, row, m, dist, allow, T);
-            vT = _mm256_set1_epi64x(T);
-        }
+        const __m256i d[4] = {dist4<NB>(p, q), dist4<NB>(p + 4 * NB, q), dist4<NB>(p + 8 * NB, q),
+                              dist4<NB>(p + 12 * NB, q)};
+        test16(d, row, st, allow, T, vT, dist);
     }
     popcnt::scan_fixed<NB>(codes, row, end, query, st, allow);
 }
@@ -265,21 +267,9 @@ MH_AVX2 static void scan_transposed(const uint64_t* t, int64_t rows, int64_t row
     int64_t r = 0;
     for (; r < rows; r += 16, t += 2 * NB) {
         const bool two = r + 16 <= rows;  // two blocks of 8 rows, or the last one alone
-        __m256i d[4];
-        d[0] = dist4_transposed<W>(t, q);
-        d[1] = dist4_transposed<W>(t + 4, q);
-        d[2] = two ? dist4_transposed<W>(t + NB, q) : _mm256_set1_epi64x(T);
-        d[3] = two ? dist4_transposed<W>(t + NB + 4, q) : _mm256_set1_epi64x(T);
-        unsigned m = 0;
-#pragma GCC unroll 4
-        for (int v = 0; v < 4; ++v)
-            m |= static_cast<unsigned>(_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(vT, d[v])))) << (4 * v);
-        if (m) {
-#pragma GCC unroll 4
-            for (int v = 0; v < 4; ++v) _mm256_store_si256(reinterpret_cast<__m256i*>(dist + 4 * v), d[v]);
-            offer_mask(st, row0 + r, m, dist, allow, T);
-            vT = _mm256_set1_epi64x(T);
-        }
+        const __m256i d[4] = {dist4_transposed<W>(t, q), dist4_transposed<W>(t + 4, q),
+                              two ? dist4_transposed<W>(t + NB, q) : vT, two ? dist4_transposed<W>(t + NB + 4, q) : vT};
+        test16(d, row0 + r, st, allow, T, vT, dist);
     }
 }
 
