@@ -1011,8 +1011,10 @@ inline void search_multi(const SearchJob& job, const MultiIndex& mi, int threads
             const int64_t work = query_fn(mi, job.codes, query, job.allow, start + patience, found);
             const int64_t spent = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
             // a query that gave up cost its time and a scan besides; one that finished saved
-            // the scan's time less its own (relaxed: concurrent queries may lose an update)
-            const int64_t gain = work < 0 ? -spent : static_cast<int64_t>(scan_ns) - spent;
+            // the scan's time less its own, counted against kWinShare of the scan so that tables
+            // about as fast as the scan (a noisy calibration can call them faster) are paused
+            // (relaxed: concurrent queries may lose an update)
+            const int64_t gain = work < 0 ? -spent : static_cast<int64_t>(scan_ns * kWinShare) - spent;
             const int64_t credit = std::min(mi.credit_ns.load(std::memory_order_relaxed) + gain,
                                             kCreditScans * static_cast<int64_t>(scan_ns));
             if (credit < 0) {  // losing on balance: pause for the next queries, longer each time

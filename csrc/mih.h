@@ -59,6 +59,7 @@ constexpr uint32_t kPrefetchRows = 32;  // rows of a bucket whose codes are requ
 constexpr uint32_t kRowsInFlight = 128;  // rows whose codes are requested ahead (row tables)
 constexpr int kProbesAhead = 8;  // bucket probes whose memory is requested ahead (mih_query.inc)
 constexpr int64_t kClockEvery = 512;  // units of work between two looks at the clock
+constexpr double kWinShare = 0.9;  // a query through the tables wins when under this share of a scan
 constexpr int64_t kCreditScans = 4;  // most scans' time the tables may bank (MultiIndex::credit_ns)
 constexpr int kLayoutCandidates = 32;  // bit layouts tried for 64-bit codes (choose_layout)
 constexpr int64_t kLayoutSample = 1 << 14;  // rows they are scored on

@@ -422,7 +422,7 @@ class Index:
         4 * substrings + 4 bytes a row.
 
         copy_codes: each table also keeps a copy of the codes in its own order, so a query
-        reads the codes it checks in sequence rather than one random read each: about 2x
+        reads the codes it checks in sequence rather than one random read each: about 1.6x
         faster on 10M 64-bit learned codes (3-5x at 100M), for (nbytes + 4) * substrings + 4
         bytes a row (at 64 bits: 2.4x the codes plus int64 ids instead of 0.9x; README,
         multi-index benchmark).
