@@ -11,6 +11,8 @@
 3. Search by stored id over 1,000,000 codes (random 64-bit codes written straight into a data
    folder of the bundled model), concurrency 32, 10,000 requests: requests/s, p99, errors.
    Target: >= 1,000 requests/s with 0 errors.
+--mixed: only searches by upload and by id at once on one server (half the concurrency each),
+   with --search-threads 1 and 2 alternating: what a second scan thread costs the uploads.
 
 The server is a separate process (`python -m medhash_sdk serve`); the load comes from another
 process (asyncio + uvloop + httptools, keep-alive connections), so neither's Python competes
@@ -250,6 +252,46 @@ def by_id_run(args: argparse.Namespace, tmp: Path, enc: object, model: str) -> t
     return by_id, server.start_s, fill_s
 
 
+def mixed_run(args: argparse.Namespace, tmp: Path, enc: object, model: str, files: list[Path],
+              blobs: list[bytes]) -> None:
+    """--mixed: searches by upload and by stored id at once, on one server over --codes codes,
+    alternating --search-threads 1 and 2 (prints; writes no table)."""
+    import threading
+
+    folder = tmp / "mixed"
+    _, read = tokens(folder)
+    ids = fill(folder, args.codes, enc.fingerprint, enc.nbits, model)  # type: ignore[attr-defined]
+    rng = np.random.default_rng(2)
+    by_id = [http_request("POST", "/v1/search", read, json.dumps({"id": ids[int(i)], "k": 10}).encode(),
+                          "application/json") for i in rng.integers(0, len(ids), args.id_requests)]
+    uploads = [http_request("POST", "/v1/search", read, *multipart({"k": "10"}, files[i].name, blobs[i]))
+               for i in range(len(files))]
+    half = max(1, args.concurrency // 2)
+    for r in range(args.rounds):
+        for threads in (1, 2):
+            server = Server(folder, tmp, model, threads)
+            try:
+                load(server.port, read, uploads[:32], half, args.limit_s)                  # warm-up
+                load(server.port, read, by_id[:500], half, args.limit_s)
+                out: dict[str, dict] = {}
+                runs = [threading.Thread(target=lambda: out.__setitem__("upload", load(
+                            server.port, read, uploads, half, args.limit_s))),
+                        threading.Thread(target=lambda: out.__setitem__("by_id", load(
+                            server.port, read, by_id, half, args.limit_s)))]
+                cpu = server.cpu_s()
+                for t in runs:
+                    t.start()
+                for t in runs:
+                    t.join()
+                # the two loads end at different times: each rate is over its own run
+                up, bi = out["upload"], out["by_id"]
+                print(f"round {r} search threads {threads}: upload {up['rate']:.1f}/s (p99 {up['p99']:.0f} ms, "
+                      f"{up['errors']} errors), by id {bi['rate']:.0f}/s (p99 {bi['p99']:.0f} ms, {bi['errors']} "
+                      f"errors), server CPU {server.cpu_s() - cpu:.1f} s", flush=True)
+            finally:
+                server.stop()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", type=int, default=768,
@@ -261,6 +303,9 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--limit-s", type=float, default=300, help="time limit of one load run")
     ap.add_argument("--only-by-id", action="store_true", help="only part 3 (prints, writes no table)")
+    ap.add_argument("--mixed", action="store_true",
+                    help="only uploads and searches by id at once, half the concurrency each, alternating the "
+                         "server's --search-threads 1 and 2 (prints, writes no table)")
     ap.add_argument("--search-threads", type=int, default=1, help="the server's --search-threads (default 1)")
     ap.add_argument("--model", default=None, metavar="MODEL.onnx",
                     help="a model other than the bundled one (table: bench_serve_<file name>.md)")
@@ -283,6 +328,9 @@ def main() -> int:
 
     if args.only_by_id:
         print(by_id_run(args, tmp, enc, model)[0])
+        return 0
+    if args.mixed:
+        mixed_run(args, tmp, enc, model, files, blobs)
         return 0
     # ---------------------------------------------------------- 1 + 2: uploads and adds
     folder = tmp / "data"
