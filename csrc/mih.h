@@ -5,9 +5,10 @@
 // A code of b bits is cut into m disjoint substrings (bit ranges; for 8-byte codes, any bits:
 // choose_layout). If a row is at distance d
 // from the query, some substring is within floor(d / m) of the query's substring (pigeonhole).
-// Each substring has a table: the rows bucketed by their substring value. A query probes, for
-// radius r = 0, 1, 2, ..., every value at distance r in each substring's table, computes the
-// full distance of the rows found, and stops once no unseen row can beat the k-th found.
+// Each substring has a table: the rows bucketed by their substring value. A query probes the
+// tables' buckets by increasing radius (every value at distance r of the query's substring),
+// each step the next radius of the table where it costs least, computes the full distance of
+// the rows found, and stops once no unseen row can beat the k-th found (mih_query.inc).
 //
 // Memory: per table, rows as uint32 (4 bytes a row) in bucket order plus 2^h + 1 uint32 bucket
 // offsets and a 2^h-bit map of the buckets that hold rows, with 2^h * 33 / 32 <= rows / m: at
