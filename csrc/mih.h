@@ -56,9 +56,9 @@ inline uint64_t code_bits(const uint8_t* code, int begin, int len) {
 
 constexpr int kMaxSubstringBits = 32;
 constexpr int kMaxSubstrings = 64;  // so codes of up to 2048 bits
-constexpr uint32_t kPrefetchRows = 32;  // rows of a bucket whose codes are requested ahead
+constexpr uint32_t kPrefetchRows = 32;  // copied codes: rows of a bucket requested ahead
 constexpr uint32_t kRowsInFlight = 128;  // rows whose codes are requested ahead (row tables)
-constexpr int kProbesAhead = 8;  // bucket probes whose memory is requested ahead (mih_query.inc)
+constexpr size_t kBucketsAhead = 4;  // buckets whose first rows are requested ahead (mih_query.inc)
 constexpr int64_t kClockEvery = 512;  // units of work between two looks at the clock
 constexpr double kWinShare = 0.9;  // a query through the tables wins when under this share of a scan
 constexpr int64_t kCreditScans = 4;  // most scans' time the tables may bank (MultiIndex::credit_ns)
