@@ -11,8 +11,8 @@
 3. Search by stored id over 1,000,000 codes (random 64-bit codes written straight into a data
    folder of the bundled model), concurrency 32, 10,000 requests: requests/s, p99, errors.
    Target: >= 1,000 requests/s with 0 errors.
---mixed: only searches by upload and by id at once on one server (half the concurrency each),
-   with --search-threads 1 and 2 alternating: what a second scan thread costs the uploads.
+--mixed: only searches by upload and by id at once (half the concurrency each), a server each
+   for --search-threads 1 and 2, alternating: what a second scan thread costs the uploads.
 
 The server is a separate process (`python -m medhash_sdk serve`); the load comes from another
 process (asyncio + uvloop + httptools, keep-alive connections), so neither's Python competes
@@ -226,6 +226,19 @@ def fill(folder: Path, n: int, fingerprint: str, nbits: int, model_path: str, se
     return ids
 
 
+def id_searches(token: str, ids: list[str], count: int, seed: int) -> list[bytes]:
+    """count requests searching k = 10 by a stored id drawn at random from ids."""
+    rng = np.random.default_rng(seed)
+    return [http_request("POST", "/v1/search", token, json.dumps({"id": ids[int(i)], "k": 10}).encode(),
+                         "application/json") for i in rng.integers(0, len(ids), count)]
+
+
+def upload_searches(token: str, files: list[Path], blobs: list[bytes]) -> list[bytes]:
+    """One request per file, searching k = 10 by uploading it."""
+    return [http_request("POST", "/v1/search", token, *multipart({"k": "10"}, f.name, b))
+            for f, b in zip(files, blobs)]
+
+
 def by_id_run(args: argparse.Namespace, tmp: Path, enc: object, model: str) -> tuple[dict, float, float]:
     """Part 3: search by stored id over --codes random codes."""
     folder2 = tmp / "million"
@@ -235,9 +248,7 @@ def by_id_run(args: argparse.Namespace, tmp: Path, enc: object, model: str) -> t
     fill_s = time.perf_counter() - t
     server = Server(folder2, tmp, model, args.search_threads)
     try:
-        rng = np.random.default_rng(1)
-        reqs = [http_request("POST", "/v1/search", read2, json.dumps({"id": ids[int(i)], "k": 10}).encode(),
-                             "application/json") for i in rng.integers(0, len(ids), args.id_requests)]
+        reqs = id_searches(read2, ids, args.id_requests, seed=1)
         load(server.port, read2, reqs[:500], args.concurrency, args.limit_s)        # warm-up
         cpu = server.cpu_s()
         if os.environ.get("BENCH_PYSPY"):
@@ -254,18 +265,15 @@ def by_id_run(args: argparse.Namespace, tmp: Path, enc: object, model: str) -> t
 
 def mixed_run(args: argparse.Namespace, tmp: Path, enc: object, model: str, files: list[Path],
               blobs: list[bytes]) -> None:
-    """--mixed: searches by upload and by stored id at once, on one server over --codes codes,
-    alternating --search-threads 1 and 2 (prints; writes no table)."""
+    """--mixed: searches by upload and by stored id at once over --codes codes, a server each for
+    --search-threads 1 and 2, alternating (prints; writes no table)."""
     import threading
 
     folder = tmp / "mixed"
     _, read = tokens(folder)
     ids = fill(folder, args.codes, enc.fingerprint, enc.nbits, model)  # type: ignore[attr-defined]
-    rng = np.random.default_rng(2)
-    by_id = [http_request("POST", "/v1/search", read, json.dumps({"id": ids[int(i)], "k": 10}).encode(),
-                          "application/json") for i in rng.integers(0, len(ids), args.id_requests)]
-    uploads = [http_request("POST", "/v1/search", read, *multipart({"k": "10"}, files[i].name, blobs[i]))
-               for i in range(len(files))]
+    by_id = id_searches(read, ids, args.id_requests, seed=2)
+    uploads = upload_searches(read, files, blobs)
     half = max(1, args.concurrency // 2)
     for r in range(args.rounds):
         for threads in (1, 2):
@@ -342,8 +350,7 @@ def main() -> int:
             for i in range(min(192, len(files)))]
         add = load(server.port, write, adds, args.concurrency, args.limit_s)
         print(f"adds: {add}", file=sys.stderr)
-        searches = [http_request("POST", "/v1/search", read, *multipart({"k": "10"}, files[i].name, blobs[i]))
-                    for i in range(len(files))]
+        searches = upload_searches(read, files, blobs)
         load(server.port, read, searches[:32], args.concurrency, args.limit_s)     # warm-up
         enc_rates, enc_idle, ups = [], [], []
         for r in range(args.rounds):
