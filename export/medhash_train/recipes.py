@@ -66,6 +66,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     "con-features-pre-128b-ema0.995-mixed": dict(_PRE, nbits=128, ema=0.995, views="mixed"),
     "con-features-pre-128b-ema0.995-mild": dict(_PRE, nbits=128, ema=0.995, views="mild"),
     "con-features-pre-128b-ema0.995-mild-nt": dict(_PRE, nbits=128, ema=0.995, views="mild-nt"),   # the default model until 2026-12-06, evening
+    # the shipped view recipe on the twice-as-long pretraining (probe for the nih_extra_128 -> nih1000_64 direction)
+    "con-features-pre60-128b-ema0.995-mild-nt": dict(_PRE, nbits=128, ema=0.995, views="mild-nt", pretrain_epochs=60),
+    # the shipped view recipe, its pretraining also on the training side's own (adult) NIH radiographs: the
+    # unlabelled pool is otherwise 95% paediatric
+    "con-features-pretr-128b-ema0.995-mild-nt": dict(_PRE, nbits=128, ema=0.995, views="mild-nt", pretrain_on_train=True),
     "con-features-pre-128b-ema0.995-balanced": dict(_PRE, nbits=128, ema=0.995, balanced=True),
     # two networks of mild-nt from different seeds, codes side by side (medhash_train.ensemble): 256 bits
     "con-features-pre-128b-ema0.995-mild-nt-x2": dict(_PRE, nbits=128, ema=0.995, views="mild-nt", members=2),   # the shipped default model
