@@ -22,6 +22,15 @@ into one figure (benchmarks/results/model/cross-source/). It reads no test image
 can choose among recipes for how they carry over to another collection.
 
     PYTHONPATH=.:export python benchmarks/model_selection.py --scheme cross-source --recipes plain con-features
+
+--scheme nih1000-in and --scheme nih1000-from-extra ask how much of the gap on the harder
+collection is the collection shift: the pool's nih1000_64 images (patients the pool's
+nih_extra_128 images do not hold) are cut into k patient folds, and each fold is the unseen
+archive of a recipe trained on the other folds (in-collection) or on the pool's nih_extra_128
+images (cross-collection). Both schemes score the same archives, so their margins over raw
+pixels compare directly (benchmarks/results/model/nih1000-in/, .../nih1000-from-extra/).
+
+    PYTHONPATH=.:export python benchmarks/model_selection.py --scheme nih1000-in --recipes plain con-features
 """
 from __future__ import annotations
 
@@ -43,6 +52,10 @@ DATA_DIR = os.environ.get("MEDHASH_DATA", os.path.join(ROOT, "..", "shared", "da
 NIH = ["nih1000_64.npz", "nih_extra_128.npz"]
 OUT = os.path.join(ROOT, "benchmarks", "results", "model", "cv")
 OUT_XS = os.path.join(ROOT, "benchmarks", "results", "model", "cross-source")
+NIH1000_SCHEMES = ("nih1000-in", "nih1000-from-extra")
+SCHEMES = ("cv", "cross-source") + NIH1000_SCHEMES
+OUT_OF = {"cv": OUT, "cross-source": OUT_XS} | {
+    s: os.path.join(ROOT, "benchmarks", "results", "model", s) for s in NIH1000_SCHEMES}
 DIRECTIONS = ("nih1000-to-extra", "extra-to-nih1000")
 PART_FILE = re.compile(r"(.+?)_(?:k\d+fs\d+_f\d+|nih1000-to-extra|extra-to-nih1000)_s\d+\.json$")
 
@@ -101,17 +114,23 @@ def run(recipe: str, fold: int, seed: int, k: int, fold_seed: int, cache: dict[s
     return rep
 
 
-def run_cross_source(recipe: str, direction: str, seed: int, cache: dict[str, Any]) -> dict[str, Any]:
-    """Train on the pool's images of one collection, score the other's unseen patients."""
+def pool_by_collection(cache: dict[str, Any]):
+    """(dataset, the pool's nih1000_64 rows, the pool's nih_extra_128 rows)."""
     from medhash_sdk.datasets import load_dataset
-    from medhash_train.selection import cross_collection
 
     if "xs" not in cache:
         ds, pool, _ = load_pool(0, 3)
         first = set(map(str, load_dataset(os.path.join(DATA_DIR, NIH[0]), split_seed=0).image_id))
         in_first = np.array([str(i) in first for i in ds.image_id[pool]])
         cache["xs"] = (ds, pool[in_first], pool[~in_first])
-    ds, a, b = cache["xs"]
+    return cache["xs"]
+
+
+def run_cross_source(recipe: str, direction: str, seed: int, cache: dict[str, Any]) -> dict[str, Any]:
+    """Train on the pool's images of one collection, score the other's unseen patients."""
+    from medhash_train.selection import cross_collection
+
+    ds, a, b = pool_by_collection(cache)
     train_idx, test_idx = (a, b) if direction == DIRECTIONS[0] else (b, a)
     fs = cross_collection(ds.subset(train_idx), ds.subset(test_idx))
     rep = _report(recipe, direction, fs, seed, cache, ("xs", direction))
@@ -119,11 +138,31 @@ def run_cross_source(recipe: str, direction: str, seed: int, cache: dict[str, An
     return rep
 
 
+def run_nih1000(recipe: str, scheme: str, fold: int, seed: int, k: int, fold_seed: int,
+                cache: dict[str, Any]) -> dict[str, Any]:
+    """Score fold `fold` of the pool's nih1000_64 images (patients not among its nih_extra_128
+    images, so both schemes score the same archive) with `recipe` trained on the other folds
+    (nih1000-in) or on the pool's nih_extra_128 images (nih1000-from-extra)."""
+    from medhash_train.selection import cross_collection, fold_set, patient_folds
+
+    key = ("nih1000-folds", fold_seed, k)
+    if key not in cache:
+        ds, a, b = pool_by_collection(cache)
+        a = a[~np.isin(ds.patient_id[a], ds.patient_id[b])]
+        cache[key] = (ds, a, b, patient_folds(ds.patient_id[a], k, fold_seed))
+    ds, a, b, folds = cache[key]
+    fs = (fold_set(ds, a, folds, fold) if scheme == "nih1000-in"
+          else cross_collection(ds.subset(b), ds.subset(a[folds == fold])))
+    rep = _report(recipe, f"{scheme} f{fold}", fs, seed, cache, (scheme, fold_seed, k, fold))
+    rep["job"].update(fold=fold, k=k, fold_seed=fold_seed, scheme=scheme)
+    return rep
+
+
 def part_paths(scheme: str, r: str, s: int, k: int, fold_seed: int) -> list[str]:
     """The JSON files whose per-image APs pool into recipe r's figure (seed s)."""
     if scheme == "cross-source":
         return [os.path.join(OUT_XS, f"{r}_{d}_s{s}.json") for d in DIRECTIONS]
-    return [os.path.join(OUT, f"{r}_k{k}fs{fold_seed}_f{f}_s{s}.json") for f in range(k)]
+    return [os.path.join(OUT_OF[scheme], f"{r}_k{k}fs{fold_seed}_f{f}_s{s}.json") for f in range(k)]
 
 
 def table(recipes: list[str], k: int, fold_seed: int, seeds: list[int], ref: str = "plain",
@@ -140,7 +179,7 @@ def table(recipes: list[str], k: int, fold_seed: int, seeds: list[int], ref: str
                 out.append(json.load(fh))
         return out
 
-    figure = "cross-source mAP@100" if scheme == "cross-source" else "CV mAP@100"
+    figure = {"cv": "CV mAP@100", "cross-source": "cross-source mAP@100"}.get(scheme, "nih1000 folds mAP@100")
     lines = [f"| recipe | seed | {figure} [95% CI] | float u, cosine | vs raw pixels [95% CI] | vs {ref} [95% CI] "
              "| mean AUROC | min per-fold s |", "|---|---|---|---|---|---|---|---|"]
     raw_line = None
@@ -182,9 +221,11 @@ def table(recipes: list[str], k: int, fold_seed: int, seeds: list[int], ref: str
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipes", nargs="+", default=["plain", "con-codes"], choices=sorted(RECIPES))
-    p.add_argument("--scheme", choices=("cv", "cross-source"), default="cv",
+    p.add_argument("--scheme", choices=SCHEMES, default="cv",
                    help="cv: k-fold patient-grouped cross-validation (default); cross-source: train on one "
-                        "collection's training images, score the other's")
+                        "collection's training images, score the other's; nih1000-in / nih1000-from-extra: "
+                        "folds of the nih1000_64 images scored after training on the other folds / on the "
+                        "nih_extra_128 images")
     p.add_argument("--folds", type=int, default=3)
     p.add_argument("--fold-seed", type=int, default=0)
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
@@ -196,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(a.threads)
-    out = OUT_XS if a.scheme == "cross-source" else OUT
+    out = OUT_OF[a.scheme]
     os.makedirs(out, exist_ok=True)
     cache: dict[str, Any] = {}
     t0 = time.time()
@@ -213,8 +254,12 @@ def main(argv: list[str] | None = None) -> int:
                                 f"model+{n} pixel bits" in old["rows"] for n in HYBRID_BITS):
                             continue
                     t = time.time()
-                    rep = (run_cross_source(r, str(part), s, cache) if a.scheme == "cross-source"
-                           else run(r, int(part), s, a.folds, a.fold_seed, cache))
+                    if a.scheme == "cross-source":
+                        rep = run_cross_source(r, str(part), s, cache)
+                    elif a.scheme in NIH1000_SCHEMES:
+                        rep = run_nih1000(r, a.scheme, int(part), s, a.folds, a.fold_seed, cache)
+                    else:
+                        rep = run(r, int(part), s, a.folds, a.fold_seed, cache)
                     with atomic_open(path, "w") as fh:
                         json.dump(rep, fh, default=float)
                     print(f"{r} {part} seed {s}: held-out mAP@100 {rep['rows']['model']['map']:.4f} "
@@ -229,6 +274,12 @@ def main(argv: list[str] | None = None) -> int:
         what = ("Cross-source validation on the 1,669 train + val images of the NIH split: trained on their "
                 "nih1000_64 images, scored on their nih_extra_128 images of other patients, and the reverse "
                 "(unseen-archive protocol); per-image APs of both directions pooled")
+    elif a.scheme in NIH1000_SCHEMES:
+        trained = ("the other folds" if a.scheme == "nih1000-in"
+                   else "the pool's nih_extra_128 images (the extra-to-nih1000 direction)")
+        what = (f"The 1,669 train + val images' nih1000_64 images (patients that their nih_extra_128 images do not "
+                f"hold) in {a.folds} patient folds (fold seed {a.fold_seed}); each fold is an unseen archive for a "
+                f"recipe trained on {trained}; per-image APs pooled over the folds")
     else:
         what = (f"{a.folds}-fold patient-grouped cross-validation over the 1,669 train + val images of the NIH split "
                 f"(fold seed {a.fold_seed}); unseen-archive protocol inside each held-out fold, per-image APs pooled "
