@@ -50,12 +50,9 @@ sys.path.insert(0, os.path.join(ROOT, "export"))
 from medhash_sdk.atomic import atomic_open  # noqa: E402  (after the sys.path lines)
 DATA_DIR = os.environ.get("MEDHASH_DATA", os.path.join(ROOT, "..", "shared", "data"))
 NIH = ["nih1000_64.npz", "nih_extra_128.npz"]
-OUT = os.path.join(ROOT, "benchmarks", "results", "model", "cv")
-OUT_XS = os.path.join(ROOT, "benchmarks", "results", "model", "cross-source")
 NIH1000_SCHEMES = ("nih1000-in", "nih1000-from-extra")
 SCHEMES = ("cv", "cross-source") + NIH1000_SCHEMES
-OUT_OF = {"cv": OUT, "cross-source": OUT_XS} | {
-    s: os.path.join(ROOT, "benchmarks", "results", "model", s) for s in NIH1000_SCHEMES}
+OUT_OF = {s: os.path.join(ROOT, "benchmarks", "results", "model", s) for s in SCHEMES}  # a folder a scheme
 DIRECTIONS = ("nih1000-to-extra", "extra-to-nih1000")
 PART_FILE = re.compile(r"(.+?)_(?:k\d+fs\d+_f\d+|nih1000-to-extra|extra-to-nih1000)_s\d+\.json$")
 
@@ -161,7 +158,7 @@ def run_nih1000(recipe: str, scheme: str, fold: int, seed: int, k: int, fold_see
 def part_paths(scheme: str, r: str, s: int, k: int, fold_seed: int) -> list[str]:
     """The JSON files whose per-image APs pool into recipe r's figure (seed s)."""
     if scheme == "cross-source":
-        return [os.path.join(OUT_XS, f"{r}_{d}_s{s}.json") for d in DIRECTIONS]
+        return [os.path.join(OUT_OF[scheme], f"{r}_{d}_s{s}.json") for d in DIRECTIONS]
     return [os.path.join(OUT_OF[scheme], f"{r}_k{k}fs{fold_seed}_f{f}_s{s}.json") for f in range(k)]
 
 
