@@ -266,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
                   key=list(RECIPES).index)
     tab = table(done, a.folds, a.fold_seed, sorted({0, *a.seeds}) if a.table_only else a.seeds, ref=a.ref,
                 scheme=a.scheme)
-    cmd = "PYTHONPATH=.:export python benchmarks/model_selection.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    # the command that makes the runs (--table-only only re-reads them)
+    cmd = "PYTHONPATH=.:export python benchmarks/model_selection.py " + " ".join(
+        x for x in (argv if argv is not None else sys.argv[1:]) if x != "--table-only")
     if a.scheme == "cross-source":
         what = ("Cross-source validation on the 1,669 train + val images of the NIH split: trained on their "
                 "nih1000_64 images, scored on their nih_extra_128 images of other patients, and the reverse "
