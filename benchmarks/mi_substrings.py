@@ -19,7 +19,6 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import realistic_codes  # noqa: E402  (after the sys.path lines)
 from medhash_sdk import _hamming  # noqa: E402
 
