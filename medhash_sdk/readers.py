@@ -20,8 +20,10 @@ preprocessing rule (8-bit / 255 like a PNG; wider or rescaled values min-max per
 PALETTE COLOR goes through its colour LUT; YBR_* are converted to RGB by pydicom.
 Multi-frame: one frame is encoded, ``frame=0`` (the first) unless asked otherwise; the facts
 say how many frames the file has. Codecs in the base install: uncompressed, deflated, RLE,
-JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000 (python-gdcm, pillow, pylibjpeg-openjpeg,
-pylibjpeg-rle) and HTJ2K (pylibjpeg-openjpeg). All of them are permissively licensed.
+JPEG baseline/extended (8 and 12 bit: medhash_sdk._dicom_jpeg12)/lossless, JPEG-LS, JPEG 2000
+(python-gdcm, pillow, pylibjpeg-openjpeg, pylibjpeg-rle) and HTJ2K (pylibjpeg-openjpeg). All
+of them are permissively licensed. ``DICM`` at byte 128 makes a file DICOM before any other
+magic is looked at: the preamble may hold a TIFF header (PS3.10 7.1).
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from typing import Any, Union
 
 import numpy as np
 
+from ._jpeg_header import jpeg_frame
 from .exceptions import ImageReadError, MedhashError, UnsupportedImageError
 
 #: Default limit on pixels per image (rows x columns x frames decoded): 8192 x 8192.
@@ -53,9 +56,8 @@ DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic", ".ima"})
 RASTER_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff"})
 #: Every extension input discovery takes as an image: exactly the formats read here.
 IMAGE_SUFFIXES = RASTER_SUFFIXES | DICOM_SUFFIXES
-# SOF markers that carry the frame size (not DHT C4, JPG C8, DAC CC)
-_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 # Transfer syntaxes whose decoders are only GPL (pylibjpeg-libjpeg) when python-gdcm is absent
+_JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"  # 8- or 12-bit lossy JPEG
 _LOSSLESS_JPEG = {"1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
                   "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
 
@@ -92,36 +94,6 @@ def _png_size(data: bytes, source: str) -> tuple[int, int]:
         raise ImageReadError(source, "truncated PNG (no IHDR header)")
     width, height = struct.unpack(">II", data[16:24])
     return height, width
-
-
-def _jpeg_size(data: bytes, source: str) -> tuple[int, int, int]:
-    """(height, width, offset of the first scan) from the SOF marker."""
-    i, n = 2, len(data)
-    size: tuple[int, int] | None = None
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            raise ImageReadError(source, f"corrupt JPEG (no marker at byte {i})")
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0x01,) or 0xD0 <= marker <= 0xD7:  # standalone markers
-            i += 2
-            continue
-        (length,) = struct.unpack(">H", data[i + 2:i + 4])
-        if length < 2:
-            raise ImageReadError(source, "corrupt JPEG (bad segment length)")
-        if marker in _JPEG_SOF:
-            if i + 9 > n:
-                break
-            height, width = struct.unpack(">HH", data[i + 5:i + 9])
-            size = (height, width)
-        elif marker == 0xDA:  # start of scan
-            if size is None:
-                raise ImageReadError(source, "corrupt JPEG (scan before frame header)")
-            return size[0], size[1], i
-        i += 2 + length
-    raise ImageReadError(source, "truncated JPEG (no complete frame header and scan)")
 
 
 def _tiff_size(data: bytes, source: str) -> tuple[int, int]:
@@ -164,7 +136,8 @@ def _decode_raster(data: bytes, source: str, kind: str, max_pixels: int) -> Imag
         if data.rfind(b"IEND", max(0, len(data) - 64)) < 0:
             raise ImageReadError(source, "truncated PNG (no IEND chunk at the end)")
     elif kind == "jpeg":
-        h, w, sos = _jpeg_size(data, source)
+        frame = jpeg_frame(data, source)
+        h, w, sos = frame.height, frame.width, frame.scan_offset
         if data.rfind(b"\xff\xd9") <= sos:
             raise ImageReadError(source, "truncated JPEG (no end-of-image marker after the scan)")
     else:
@@ -310,10 +283,18 @@ def _decode_dicom(data: bytes, source: str, max_pixels: int, frame: int, force: 
                 "`pip install medhash-sdk[gpl-codecs]`" if str(tsyntax) in _LOSSLESS_JPEG
                 else "no decoder plugin is installed for it")
         raise UnsupportedImageError(source, f"cannot decode transfer syntax {tsyntax.name}: {hint}")
+    plugin, twelve_bit_jpeg = "", False
+    if tsyntax == _JPEG_EXTENDED:  # pydicom's permissive plugins refuse 12-bit samples: GDCM through ours
+        from ._dicom_jpeg12 import register, stream_precision
+
+        twelve_bit_jpeg = stream_precision(ds.PixelData) == 12
+        plugin = register() if twelve_bit_jpeg else ""
     try:
-        arr = pixel_array(ds, index=frame if frames > 1 else None)
+        arr = pixel_array(ds, index=frame if frames > 1 else None, decoding_plugin=plugin)
     except Exception as e:  # truncated or corrupt pixel data, codec errors
-        raise ImageReadError(source, f"DICOM pixel data could not be decoded ({type(e).__name__}: {e})") from e
+        hint = ("; 12-bit JPEG needs python-gdcm (`pip install python-gdcm`) or the GPL extra "
+                "`pip install medhash-sdk[gpl-codecs]`" if twelve_bit_jpeg and not plugin else "")
+        raise ImageReadError(source, f"DICOM pixel data could not be decoded ({type(e).__name__}: {e}){hint}") from e
     facts["frame"] = frame
     if arr.ndim == 3 and frames > 1 and arr.shape[0] == frames:  # defensive: a decoder returned all frames
         arr = arr[frame]
@@ -374,14 +355,16 @@ def _read_bytes_unchecked(data: bytes, source: str, max_pixels: int, frame: int,
     if not data:
         raise ImageReadError(source, "empty file")
     head = data[:132]
+    # DICOM first: its 128-byte preamble may hold another format's header (PS3.10 7.1 names a
+    # TIFF header, so that one file is both), and the DICOM data set is what the file is for
+    if head[128:132] == b"DICM":
+        return _decode_dicom(data, source, max_pixels, frame, force=False)
     if head.startswith(_PNG_MAGIC):
         return _decode_raster(data, source, "png", max_pixels)
     if head.startswith(_JPEG_MAGIC):
         return _decode_raster(data, source, "jpeg", max_pixels)
     if head[:4] in _TIFF_MAGICS:
         return _decode_raster(data, source, "tiff", max_pixels)
-    if head[128:132] == b"DICM":
-        return _decode_dicom(data, source, max_pixels, frame, force=False)
     if suffix.lower() in DICOM_SUFFIXES:  # DICOM without the 128-byte preamble
         return _decode_dicom(data, source, max_pixels, frame, force=True)
     raise ImageReadError(source, "not an image (not PNG, JPEG, TIFF or DICOM)")

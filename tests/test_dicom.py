@@ -1,6 +1,8 @@
 """DICOM reading on files built from a real NIH radiograph: intensity pipeline, colour, codecs, errors."""
 from __future__ import annotations
 
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -13,6 +15,7 @@ from _dicom_files import make_dataset, save, to_jpeg_lossless
 from medhash_sdk import readers
 from medhash_sdk.exceptions import ImageReadError, UnsupportedImageError
 from _data import NIH_PNG_DIR, requires_data
+from _serve import dcmtk, need
 
 DATA = NIH_PNG_DIR
 PNGS = sorted(DATA.glob("*.png"))
@@ -147,6 +150,60 @@ def test_compressed_transfer_syntaxes_decode_losslessly(tmp_path, u8, codec):
     im = readers.read_image(p)
     assert im.facts["transfer_syntax"] != "1.2.840.10008.1.2.1"
     np.testing.assert_array_equal(im.pixels, ref)
+
+
+def test_12bit_jpeg_extended_decodes_like_dcmtk(tmp_path, u8):
+    """12-bit lossy JPEG, common in CR / DX archives: pydicom's own plugins refuse it and the one
+    that reads it is GPL, so the base install reads it through GDCM (medhash_sdk._dicom_jpeg12)."""
+    cjpeg, djpeg = dcmtk("dcmcjpeg"), dcmtk("dcmdjpeg")
+    need(cjpeg is not None and djpeg is not None, "dcmtk's dcmcjpeg / dcmdjpeg are not installed (apt-get install dcmtk)")
+    # 12-bit samples (7 .. 4087), and 8-bit ones, which stay with pydicom's plugins
+    for name, pixels, bits in [("j12", u8.astype(np.uint16) * 16 + 7, 12), ("j8", u8, 8)]:
+        raw = save(make_dataset(pixels, bits_stored=bits), tmp_path / f"{name}-raw.dcm")
+        subprocess.run([str(cjpeg), "+ee", "+q", "85", str(raw), str(tmp_path / f"{name}.dcm")], check=True, timeout=60)
+        subprocess.run([str(djpeg), str(tmp_path / f"{name}.dcm"), str(tmp_path / f"{name}-back.dcm")],
+                       check=True, timeout=60)
+        im = readers.read_image(tmp_path / f"{name}.dcm")
+        assert im.facts["transfer_syntax"] == "1.2.840.10008.1.2.4.51"
+        # the samples dcmtk's decoder gives, so the same picture (lossy, but near the original)
+        np.testing.assert_array_equal(im.pixels, readers.read_image(tmp_path / f"{name}-back.dcm").pixels)
+        assert np.corrcoef(im.pixels.ravel(), readers.read_image(raw).pixels.ravel())[0, 1] > 0.99, name
+
+
+def test_12bit_jpeg_plugin_refuses_what_it_cannot_decode(tmp_path, u8):
+    """A header that does not match the stream is an ImageReadError, never a crash: GDCM aborts
+    the process on some mismatches, so the plugin checks the frame header first."""
+    cjpeg = dcmtk("dcmcjpeg")
+    need(cjpeg is not None, "dcmtk's dcmcjpeg is not installed (apt-get install dcmtk)")
+    raw = save(make_dataset(u8.astype(np.uint16) * 16, bits_stored=12), tmp_path / "raw.dcm")
+    subprocess.run([str(cjpeg), "+ee", str(raw), str(tmp_path / "j12.dcm")], check=True, timeout=60)
+    for name, change in [("rows", {"Rows": 128}), ("bits", {"BitsAllocated": 8, "BitsStored": 8, "HighBit": 7}),
+                         ("samples", {"SamplesPerPixel": 3, "PhotometricInterpretation": "RGB",
+                                      "PlanarConfiguration": 0})]:
+        ds = pydicom.dcmread(tmp_path / "j12.dcm")
+        for k, v in change.items():
+            setattr(ds, k, v)
+        p = save(ds, tmp_path / f"{name}.dcm")
+        # run in a child process: an abort there fails this test instead of ending the run
+        code = ("import sys; from medhash_sdk import readers\n"
+                "try:\n    readers.read_image(sys.argv[1])\nexcept Exception as e:\n"
+                "    print(type(e).__name__); sys.exit(0)\nprint('decoded')")
+        out = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, (name, out.returncode, out.stderr[-500:])
+        assert out.stdout.strip() in ("ImageReadError", "UnsupportedImageError"), (name, out.stdout, out.stderr[-500:])
+
+
+def test_tiff_header_in_the_preamble_is_read_as_dicom(tmp_path, u8):
+    """PS3.10 lets the 128-byte preamble hold a TIFF header (one file, both formats): DICM at byte
+    128 decides, whatever the first bytes or the file name say."""
+    ds = make_dataset(u8, bits_stored=8)
+    ds.preamble = b"II*\x00\x08\x00\x00\x00" + bytes(120)
+    for name in ("dual.dcm", "dual.tif", "dual"):
+        p = save(ds, tmp_path / name)
+        assert p.read_bytes()[:4] == b"II*\x00"
+        im = readers.read_image(p)
+        assert im.facts["format"] == "dicom", name
+        np.testing.assert_allclose(im.pixels, unit(u8), atol=1e-6)
 
 
 def test_multiframe_takes_the_chosen_frame(tmp_path, u8):

@@ -10,9 +10,10 @@ import io
 import logging
 from typing import Any, Callable
 
+from ..readers import DICOM_SUFFIXES
+
 log = logging.getLogger("medhash.serve")
 
-DICOM_SUFFIXES = (".dcm", ".dicom", ".dic", ".ima")
 
 # C-STORE failure statuses (PS3.4 Annex B.2.3 / PS3.7 Annex C)
 STATUS_SUCCESS = 0x0000
@@ -21,7 +22,7 @@ STATUS_CANNOT_UNDERSTAND = 0xC000
 
 
 def looks_like_dicom(data: bytes, filename: str = "") -> bool:
-    return data[128:132] == b"DICM" or filename.lower().endswith(DICOM_SUFFIXES)
+    return data[128:132] == b"DICM" or filename.lower().endswith(tuple(DICOM_SUFFIXES))
 
 
 def _text(ds: Any, name: str) -> str | None:
