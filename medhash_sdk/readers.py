@@ -17,6 +17,7 @@ Untrusted files (a hospital archive has everything in it):
 DICOM (pydicom 3): Modality LUT or Rescale Slope/Intercept, then the VOI LUT Sequence or
 Window Center/Width (first view; LINEAR, LINEAR_EXACT, SIGMOID) mapped to [0, 1], else the
 preprocessing rule (8-bit / 255 like a PNG; wider or rescaled values min-max per image); MONOCHROME1 is inverted so bone is bright as in MONOCHROME2;
+Pixel Padding Value (and Range Limit) pixels are left out of the min-max and made black;
 PALETTE COLOR goes through its colour LUT; YBR_* are converted to RGB by pydicom.
 Multi-frame: one frame is encoded, ``frame=0`` (the first) unless asked otherwise; the facts
 say how many frames the file has. Codecs in the base install: uncompressed, deflated, RLE,
@@ -214,6 +215,32 @@ def _first(value: Any) -> float:
         return float(value)
 
 
+def _stored_value(value: Any, ds: Any) -> int:
+    """A US-or-SS pixel value as the pixels hold it: signed when Pixel Representation is 1
+    (a file may write -2000 as US 63536)."""
+    v = int(_first(value))
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    if int(ds.get("PixelRepresentation", 0) or 0) == 1 and v >= 1 << (bits - 1):
+        v -= 1 << bits
+    return v
+
+
+def _padding_mask(arr: np.ndarray, ds: Any) -> np.ndarray | None:
+    """Pixels that Pixel Padding Value (and Range Limit) mark as outside the image (PS3.3
+    C.7.5.1.1.2), from the stored values; None when there are none or the values are unreadable."""
+    if "PixelPaddingValue" not in ds:
+        return None
+    try:
+        lo = hi = _stored_value(ds.PixelPaddingValue, ds)
+        if ds.get("PixelPaddingRangeLimit") is not None:
+            limit = _stored_value(ds.PixelPaddingRangeLimit, ds)
+            lo, hi = min(lo, limit), max(lo, limit)
+    except (TypeError, ValueError, IndexError):
+        return None
+    mask = (arr >= lo) & (arr <= hi)
+    return mask if mask.any() else None
+
+
 def _dicom_to_unit(arr: np.ndarray, ds: Any, facts: dict[str, Any]) -> np.ndarray:
     """Modality LUT/rescale, VOI LUT/window, MONOCHROME1 inversion -> float32 [0, 1]."""
     from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
@@ -232,6 +259,10 @@ def _dicom_to_unit(arr: np.ndarray, ds: Any, facts: dict[str, Any]) -> np.ndarra
         return to_unit_float(arr) if arr.dtype != np.uint16 else (arr.astype(np.float32) / np.float32(65535.0))
     x = apply_modality_lut(arr, ds) if ("ModalityLUTSequence" in ds or "RescaleSlope" in ds
                                         or "RescaleIntercept" in ds) else arr
+    # padding (e.g. outside a collimated field) is not picture: black, and out of the min-max
+    pad = _padding_mask(arr, ds)
+    if pad is not None and not pad.all():
+        x = np.where(pad, np.asarray(x)[~pad].min(), x).astype(np.asarray(x).dtype, copy=False)
     if "VOILUTSequence" in ds and ds.VOILUTSequence:
         y = apply_voi(x, ds, index=0)
         bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
@@ -247,6 +278,9 @@ def _dicom_to_unit(arr: np.ndarray, ds: Any, facts: dict[str, Any]) -> np.ndarra
         facts["intensity"] = "min-max (no window in the file)"
     if photometric == "MONOCHROME1":
         out = np.float32(1.0) - out
+    if pad is not None:
+        out = np.where(pad, np.float32(0.0), out)
+        facts["padding_pixels"] = int(pad.sum())
     return np.ascontiguousarray(out, dtype=np.float32)
 
 

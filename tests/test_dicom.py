@@ -109,6 +109,38 @@ def test_16bit_and_signed(tmp_path, u8):
     np.testing.assert_allclose(im.pixels, minmax(signed), atol=1e-6)
 
 
+def test_pixel_padding_is_black_and_out_of_the_min_max(tmp_path, u8):
+    """Pixel Padding Value marks pixels outside the image (a collimated CR's border): they must
+    not stretch the min-max of the picture, and they come out black (PS3.3 C.7.5.1.1.2)."""
+    picture = u8.astype(np.uint16) * 15 + 100  # 100 .. 3925
+    framed = np.full((296, 296), 4095, np.uint16)  # a 20-pixel white border of padding
+    framed[20:-20, 20:-20] = picture
+    border = np.ones(framed.shape, bool)
+    border[20:-20, 20:-20] = False
+    plain = readers.read_image(save(make_dataset(framed, bits_stored=12), tmp_path / "plain.dcm"))
+    assert np.abs(plain.pixels[20:-20, 20:-20] - minmax(picture)).max() > 0.02  # the border stretches it
+    im = readers.read_image(save(make_dataset(framed, bits_stored=12, PixelPaddingValue=4095), tmp_path / "pad.dcm"))
+    np.testing.assert_allclose(im.pixels[20:-20, 20:-20], minmax(picture), atol=1e-6)
+    assert (im.pixels[border] == 0).all() and im.facts["padding_pixels"] == int(border.sum())
+    # a range of padding values; MONOCHROME1 (inverted) still has black padding
+    framed[:20] = 4000
+    ds = make_dataset(framed, photometric="MONOCHROME1", bits_stored=12, PixelPaddingValue=4095,
+                      PixelPaddingRangeLimit=3990)
+    im = readers.read_image(save(ds, tmp_path / "range.dcm"))
+    np.testing.assert_allclose(im.pixels[20:-20, 20:-20], 1 - minmax(picture), atol=1e-6)
+    assert (im.pixels[border] == 0).all()
+    # signed pixels: padding -2000, below the picture, as CT-style files write it
+    signed = np.full((296, 296), -2000, np.int16)
+    signed[20:-20, 20:-20] = (u8.astype(np.int16) - 128) * 8
+    ds = make_dataset(signed, bits_stored=16, PixelPaddingValue=-2000)
+    ds_us = make_dataset(signed, bits_stored=16)
+    ds_us.add_new(0x00280120, "US", 63536)  # the same value written unsigned (explicit VR US)
+    for name, d in [("ss", ds), ("us", ds_us)]:
+        im = readers.read_image(save(d, tmp_path / f"{name}.dcm"))
+        np.testing.assert_allclose(im.pixels[20:-20, 20:-20], minmax(signed[20:-20, 20:-20]), atol=1e-6)
+        assert (im.pixels[border] == 0).all(), name
+
+
 def test_palette_color(tmp_path, u8):
     ds = make_dataset(u8, "PALETTE COLOR", 8)
     idx = np.arange(256)
