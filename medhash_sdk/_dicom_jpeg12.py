@@ -25,25 +25,23 @@ from .exceptions import MedhashError
 PLUGIN_LABEL = "medhash-gdcm-jpeg12"
 DECODER_DEPENDENCIES = {uid.JPEGExtended12Bit: ("gdcm>=3.0.10",)}
 
+try:
+    import gdcm
+
+    _HAVE_GDCM = True
+except ImportError:
+    _HAVE_GDCM = False
 _lock = threading.Lock()
-_registered = False
+_label: str | None = None  # set once registered ("" without GDCM)
 
 
 def is_available(transfer_syntax: str) -> bool:
     """pydicom's plugin contract: can this plugin decode that transfer syntax here."""
-    if transfer_syntax not in DECODER_DEPENDENCIES:
-        return False
-    try:
-        import gdcm  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return _HAVE_GDCM and transfer_syntax in DECODER_DEPENDENCIES
 
 
 def decode_frame(src: bytes, runner: Any) -> bytes:
     """pydicom's plugin contract: one encoded frame -> its samples as bytes (16 bits each)."""
-    import gdcm
-
     try:
         sof = jpeg_frame(bytes(src), "frame")
     except MedhashError as e:
@@ -101,20 +99,21 @@ def stream_precision(pixel_data: bytes) -> int | None:
 def register() -> str:
     """Add the plugin to pydicom's 12-bit JPEG Extended decoder once per process (thread-safe).
 
-    Returns its label to pass as ``decoding_plugin``, or "" when GDCM is not installed (pydicom
+    pydicom's plugin table is not safe to change while another thread decodes, so the reader
+    calls this before its first decoding of any DICOM file in a process, not only of these.
+    Returns the label to pass as ``decoding_plugin``, or "" when GDCM is not installed (pydicom
     then tries what it has: pylibjpeg-libjpeg where the GPL extra is installed).
     """
-    global _registered
-    if not is_available(uid.JPEGExtended12Bit):
-        return ""
-    if not _registered:
+    global _label
+    if _label is None:
         with _lock:
-            if not _registered:
-                from pydicom.pixels.decoders import JPEGExtended12BitDecoder
+            if _label is None:
+                if _HAVE_GDCM:
+                    from pydicom.pixels.decoders import JPEGExtended12BitDecoder
 
-                try:
-                    JPEGExtended12BitDecoder.add_plugin(PLUGIN_LABEL, (__name__, "decode_frame"))
-                except ValueError:  # added already (e.g. by a reloaded copy of this module)
-                    pass
-                _registered = True
-    return PLUGIN_LABEL
+                    try:
+                        JPEGExtended12BitDecoder.add_plugin(PLUGIN_LABEL, (__name__, "decode_frame"))
+                    except ValueError:  # added already (e.g. by a reloaded copy of this module)
+                        pass
+                _label = PLUGIN_LABEL if _HAVE_GDCM else ""
+    return _label

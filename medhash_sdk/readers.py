@@ -317,12 +317,12 @@ def _decode_dicom(data: bytes, source: str, max_pixels: int, frame: int, force: 
                 "`pip install medhash-sdk[gpl-codecs]`" if str(tsyntax) in _LOSSLESS_JPEG
                 else "no decoder plugin is installed for it")
         raise UnsupportedImageError(source, f"cannot decode transfer syntax {tsyntax.name}: {hint}")
-    plugin, twelve_bit_jpeg = "", False
-    if tsyntax == _JPEG_EXTENDED:  # pydicom's permissive plugins refuse 12-bit samples: GDCM through ours
-        from ._dicom_jpeg12 import register, stream_precision
+    # pydicom's permissive plugins refuse 12-bit JPEG Extended samples: GDCM through ours
+    from ._dicom_jpeg12 import register, stream_precision
 
-        twelve_bit_jpeg = stream_precision(ds.PixelData) == 12
-        plugin = register() if twelve_bit_jpeg else ""
+    jpeg12_plugin = register()  # before any decoding (pydicom's plugin table is not thread-safe)
+    twelve_bit_jpeg = tsyntax == _JPEG_EXTENDED and stream_precision(ds.PixelData) == 12
+    plugin = jpeg12_plugin if twelve_bit_jpeg else ""
     try:
         arr = pixel_array(ds, index=frame if frames > 1 else None, decoding_plugin=plugin)
     except Exception as e:  # truncated or corrupt pixel data, codec errors
