@@ -34,10 +34,10 @@ DATA = Path(os.environ.get("MEDHASH_DATA") or ROOT.parent / "shared" / "data")
 def seed_files() -> dict[str, bytes]:
     """Small real radiographs in every supported container."""
     import cv2
-    from pydicom.uid import JPEG2000Lossless, RLELossless
+    from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from _dicom_files import make_dataset   # the one DICOM builder, shared with the tests
+    from _dicom_files import make_dataset, to_jpeg_lossless   # the DICOM builders, shared with the tests
 
     png = sorted((DATA / "nih_png_1024").glob("*.png"))
     if not png:
@@ -49,13 +49,29 @@ def seed_files() -> dict[str, bytes]:
         "jpeg": cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes(),
         "tiff": cv2.imencode(".tiff", im)[1].tobytes(),
     }
-    for name, syntax in (("dcm", None), ("dcm_rle", RLELossless), ("dcm_j2k", JPEG2000Lossless)):
+    for name, syntax in (("dcm", None), ("dcm_rle", RLELossless), ("dcm_j2k", JPEG2000Lossless),
+                         ("dcm_jls", JPEGLSLossless)):
         ds = make_dataset(im.astype(np.uint16) * 16, "MONOCHROME2", 12, WindowCenter=2048, WindowWidth=4096)
         if syntax is not None:
             ds.compress(syntax)
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
         out[name] = buf.getvalue()
+    # JPEG Lossless: GDCM alone decodes it in the base install (and writes it here)
+    with tempfile.TemporaryDirectory(prefix="medhash-fuzz-seed-") as tmp:
+        raw = Path(tmp, "raw.dcm")
+        make_dataset(im.astype(np.uint16) * 16, "MONOCHROME2", 12).save_as(raw, enforce_file_format=True)
+        out["dcm_jpll"] = to_jpeg_lossless(raw, Path(tmp, "jpll.dcm")).read_bytes()
+    # 12-bit JPEG Extended (decoded through GDCM, medhash_sdk._dicom_jpeg12): nothing here can
+    # write it, so pydicom's own sample file (in its wheel), and its stream as a JPEG file
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+    from pydicom.encaps import generate_frames
+
+    jpeg12 = get_testdata_file("JPGExtended.dcm")
+    if jpeg12 is not None:
+        out["dcm_jpeg12"] = Path(jpeg12).read_bytes()
+        out["jpeg12"] = next(generate_frames(dcmread(jpeg12).PixelData, number_of_frames=1))
     return out
 
 

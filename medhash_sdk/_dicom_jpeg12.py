@@ -17,9 +17,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import numpy as np
 from pydicom import uid
 
-from ._jpeg_header import jpeg_frame
+from ._jpeg_header import JpegFrame, jpeg_frame
 from .exceptions import MedhashError
 
 PLUGIN_LABEL = "medhash-gdcm-jpeg12"
@@ -31,6 +32,7 @@ try:
     _HAVE_GDCM = True
 except ImportError:
     _HAVE_GDCM = False
+_SEQUENTIAL_DCT = (0xC0, 0xC1)  # Huffman-coded baseline / extended sequential: JPEG Extended's processes 2 and 4
 _lock = threading.Lock()
 _label: str | None = None  # set once registered ("" without GDCM)
 
@@ -40,23 +42,17 @@ def is_available(transfer_syntax: str) -> bool:
     return _HAVE_GDCM and transfer_syntax in DECODER_DEPENDENCIES
 
 
-def decode_frame(src: bytes, runner: Any) -> bytes:
-    """pydicom's plugin contract: one encoded frame -> its samples as bytes (16 bits each)."""
-    try:
-        sof = jpeg_frame(bytes(src), "frame")
-    except MedhashError as e:
-        raise ValueError(f"not a JPEG stream: {e}") from e
+def decode_gray12(src: bytes, sof: JpegFrame) -> np.ndarray:
+    """A one-component 12-bit JPEG stream (its frame header read already) -> uint16 samples."""
+    if not _HAVE_GDCM:
+        raise NotImplementedError("12-bit JPEG needs python-gdcm (`pip install python-gdcm`)")
     if sof.precision != 12:
-        raise NotImplementedError(f"stream of {sof.precision}-bit samples (this plugin decodes 12-bit ones)")
-    if runner.samples_per_pixel != 1 or sof.components != 1:
-        raise NotImplementedError("12-bit colour JPEG (this plugin decodes one-component images)")
-    if (sof.height, sof.width) != (runner.rows, runner.columns):
-        raise ValueError(f"the JPEG stream is {sof.width} x {sof.height}, the data set says "
-                         f"{runner.columns} x {runner.rows}")
-    if runner.bits_allocated != 16 or not 9 <= runner.bits_stored <= 12:
-        raise ValueError(f"Bits Allocated {runner.bits_allocated} / Bits Stored {runner.bits_stored} "
-                         "do not fit 12-bit JPEG samples (16 / 9-12)")
-
+        raise NotImplementedError(f"stream of {sof.precision}-bit samples (this decoder reads 12-bit ones)")
+    if sof.components != 1:
+        raise NotImplementedError("12-bit colour JPEG (this decoder reads one-component images)")
+    if sof.marker not in _SEQUENTIAL_DCT:
+        raise NotImplementedError(f"JPEG process of marker 0x{sof.marker:02X} (this decoder reads "
+                                  "sequential DCT streams, SOF0 / SOF1)")
     fragment = gdcm.Fragment()
     fragment.SetByteStringValue(bytes(src))
     fragments = gdcm.SequenceOfFragments.New()
@@ -65,18 +61,35 @@ def decode_frame(src: bytes, runner: Any) -> bytes:
     element.SetValue(fragments.__ref__())
     image = gdcm.Image()
     image.SetNumberOfDimensions(2)
-    image.SetDimensions((runner.columns, runner.rows, 1))
+    image.SetDimensions((sof.width, sof.height, 1))
     image.SetDataElement(element)
-    pi = gdcm.PhotometricInterpretation.GetPIType(str(runner.photometric_interpretation))
-    image.SetPhotometricInterpretation(gdcm.PhotometricInterpretation(pi))
+    image.SetPhotometricInterpretation(gdcm.PhotometricInterpretation(gdcm.PhotometricInterpretation.MONOCHROME2))
     image.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.GetTSType(str(uid.JPEGExtended12Bit))))
     # 12 allocated bits make GDCM start with its 12-bit codec (it answers in 16-bit words);
     # with 16 it tries the 8/16-bit codec first and prints an error before falling back
-    image.SetPixelFormat(gdcm.PixelFormat(1, 12, 12, 11, runner.pixel_representation))
+    image.SetPixelFormat(gdcm.PixelFormat(1, 12, 12, 11, 0))
     out = image.GetBuffer().encode("utf-8", "surrogateescape")  # GDCM hands char* back as str
-    if len(out) != 2 * runner.rows * runner.columns:
-        raise ValueError(f"GDCM decoded {len(out)} bytes, expected {2 * runner.rows * runner.columns}")
-    return out
+    if len(out) != 2 * sof.height * sof.width:
+        raise ValueError(f"GDCM decoded {len(out)} bytes, expected {2 * sof.height * sof.width}")
+    return np.frombuffer(out, dtype="<u2").reshape(sof.height, sof.width)
+
+
+def decode_frame(src: bytes, runner: Any) -> bytes:
+    """pydicom's plugin contract: one encoded frame -> its samples as bytes (16 bits each)."""
+    try:
+        sof = jpeg_frame(bytes(src), "frame")
+    except MedhashError as e:
+        raise ValueError(f"not a JPEG stream: {e}") from e
+    if runner.samples_per_pixel != 1:
+        raise NotImplementedError("12-bit colour JPEG (this plugin decodes one-component images)")
+    if (sof.height, sof.width) != (runner.rows, runner.columns):
+        raise ValueError(f"the JPEG stream is {sof.width} x {sof.height}, the data set says "
+                         f"{runner.columns} x {runner.rows}")
+    if runner.bits_allocated != 16 or not 9 <= runner.bits_stored <= 12 or runner.pixel_representation != 0:
+        raise ValueError(f"Bits Allocated {runner.bits_allocated} / Bits Stored {runner.bits_stored} / Pixel "
+                         f"Representation {runner.pixel_representation} do not fit 12-bit JPEG samples "
+                         "(16 / 9-12 / 0: JPEG samples are unsigned)")
+    return decode_gray12(src, sof).tobytes()
 
 
 def stream_precision(pixel_data: bytes) -> int | None:

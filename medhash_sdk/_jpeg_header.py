@@ -15,6 +15,7 @@ _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0
 class JpegFrame:
     """What a JPEG frame header (SOF) says, and where the first scan starts."""
 
+    marker: int  # the SOF marker: 0xC0 baseline, 0xC1 extended sequential, 0xC3 lossless, ...
     precision: int  # bits a sample: 8 or 12 (lossy), 2-16 (lossless)
     height: int
     width: int
@@ -25,7 +26,7 @@ class JpegFrame:
 def jpeg_frame(data: bytes, source: str) -> JpegFrame:
     """The frame header of a JPEG stream, read without decoding it (ImageReadError if absent)."""
     i, n = 2, len(data)
-    sof: tuple[int, int, int, int] | None = None
+    sof: tuple[int, int, int, int, int] | None = None
     while i + 4 <= n:
         if data[i] != 0xFF:
             raise ImageReadError(source, f"corrupt JPEG (no marker at byte {i})")
@@ -43,7 +44,7 @@ def jpeg_frame(data: bytes, source: str) -> JpegFrame:
             if i + 10 > n:
                 break
             precision, height, width, components = struct.unpack(">BHHB", data[i + 4:i + 10])
-            sof = (precision, height, width, components)
+            sof = (marker, precision, height, width, components)
         elif marker == 0xDA:  # start of scan
             if sof is None:
                 raise ImageReadError(source, "corrupt JPEG (scan before frame header)")

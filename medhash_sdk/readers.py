@@ -1,4 +1,5 @@
-"""Read images from files and arrays for the Encoder: PNG, JPEG, TIFF (8/16 bit) and DICOM.
+"""Read images from files and arrays for the Encoder: PNG, JPEG, TIFF (8/16 bit; JPEG also 12
+bit, through GDCM) and DICOM.
 
 Every reader returns an :class:`Image`: the pixel array handed to
 ``medhash_sdk.preprocessing`` (uint8/uint16 for PNG/JPEG/TIFF, float32 in [0, 1] for DICOM,
@@ -21,9 +22,10 @@ Pixel Padding Value (and Range Limit) pixels are left out of the min-max and mad
 PALETTE COLOR goes through its colour LUT; YBR_* are converted to RGB by pydicom.
 Multi-frame: one frame is encoded, ``frame=0`` (the first) unless asked otherwise; the facts
 say how many frames the file has. Codecs in the base install: uncompressed, deflated, RLE,
-JPEG baseline/extended (8 and 12 bit: medhash_sdk._dicom_jpeg12)/lossless, JPEG-LS, JPEG 2000
-(python-gdcm, pillow, pylibjpeg-openjpeg, pylibjpeg-rle) and HTJ2K (pylibjpeg-openjpeg). All
-of them are permissively licensed. ``DICM`` at byte 128 makes a file DICOM before any other
+JPEG baseline/extended 8-bit (pillow), 12-bit (medhash_sdk._dicom_jpeg12: GDCM), lossless
+(python-gdcm), JPEG-LS (pyjpegls), JPEG 2000 and HTJ2K (pylibjpeg-openjpeg), RLE
+(pylibjpeg-rle). All of them are permissively licensed; GDCM reads only what no other
+installed decoder can (``_decoding_plugins``). ``DICM`` at byte 128 makes a file DICOM before any other
 magic is looked at: the preamble may hold a TIFF header (PS3.10 7.1).
 """
 from __future__ import annotations
@@ -38,7 +40,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from ._jpeg_header import jpeg_frame
+from ._jpeg_header import JpegFrame, jpeg_frame
 from .exceptions import ImageReadError, MedhashError, UnsupportedImageError
 
 #: Default limit on pixels per image (rows x columns x frames decoded): 8192 x 8192.
@@ -97,6 +99,22 @@ def _png_size(data: bytes, source: str) -> tuple[int, int]:
     return height, width
 
 
+def _decode_jpeg12(data: bytes, source: str, frame: JpegFrame, max_pixels: int) -> Image:
+    """A JPEG file of 12-bit samples (OpenCV reads 8-bit ones only): GDCM, as inside DICOM."""
+    from ._dicom_jpeg12 import decode_gray12
+
+    check_size(source, frame.height, frame.width, max_pixels)
+    try:
+        arr = decode_gray12(data, frame)
+    except NotImplementedError as e:
+        raise UnsupportedImageError(source, f"JPEG of {frame.precision}-bit samples: {e}") from e
+    except (ValueError, RuntimeError) as e:
+        raise ImageReadError(source, f"corrupt 12-bit JPEG ({e})") from e
+    facts = {"format": "jpeg", "dtype": "uint16", "height": int(frame.height), "width": int(frame.width),
+             "channels": 1, "bits_stored": 12}
+    return Image(arr, source, facts)
+
+
 def _tiff_size(data: bytes, source: str) -> tuple[int, int]:
     """Width and height from the first IFD of a TIFF or BigTIFF."""
     try:
@@ -141,6 +159,8 @@ def _decode_raster(data: bytes, source: str, kind: str, max_pixels: int) -> Imag
         h, w, sos = frame.height, frame.width, frame.scan_offset
         if data.rfind(b"\xff\xd9") <= sos:
             raise ImageReadError(source, "truncated JPEG (no end-of-image marker after the scan)")
+        if frame.precision != 8:
+            return _decode_jpeg12(data, source, frame, max_pixels)
     else:
         h, w = _tiff_size(data, source)
     check_size(source, h, w, max_pixels)
@@ -284,6 +304,24 @@ def _dicom_to_unit(arr: np.ndarray, ds: Any, facts: dict[str, Any]) -> np.ndarra
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
+# pydicom's decoding plugins in the order they are tried here; GDCM is not among them
+_PREFERRED_PLUGINS = ("pylibjpeg", "pyjpegls", "pillow", "pydicom")
+
+
+def _decoding_plugins(available: tuple[str, ...], exclude: str) -> list[str]:
+    """The plugins to try for one encapsulated transfer syntax, in order.
+
+    GDCM only where nothing else decodes the syntax (JPEG Lossless without the GPL extra): its
+    Python binding lets a C++ exception through on some damaged streams, which aborts the
+    process (benchmarks/fuzz_readers.py found one in a JPEG 2000 file, 2026-12-06), so it never
+    gets a stream another decoder has refused. Where both decode, they agree sample for sample
+    on pydicom's own test files.
+    """
+    found = [p for p in _PREFERRED_PLUGINS if p in available]
+    found += sorted(p for p in available if p not in _PREFERRED_PLUGINS and p not in ("gdcm", exclude))
+    return found or (["gdcm"] if "gdcm" in available else [""])
+
+
 def _decode_dicom(data: bytes, source: str, max_pixels: int, frame: int, force: bool) -> Image:
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -322,13 +360,25 @@ def _decode_dicom(data: bytes, source: str, max_pixels: int, frame: int, force: 
 
     jpeg12_plugin = register()  # before any decoding (pydicom's plugin table is not thread-safe)
     twelve_bit_jpeg = tsyntax == _JPEG_EXTENDED and stream_precision(ds.PixelData) == 12
-    plugin = jpeg12_plugin if twelve_bit_jpeg else ""
-    try:
-        arr = pixel_array(ds, index=frame if frames > 1 else None, decoding_plugin=plugin)
-    except Exception as e:  # truncated or corrupt pixel data, codec errors
+    plugins = [""]  # native (uncompressed) data: pydicom's own
+    if decoder.is_encapsulated:
+        # signed 12-bit samples: whatever pydicom has (the GPL extra's decoder reads them; ours refuses)
+        ours = jpeg12_plugin if twelve_bit_jpeg and not ds.get("PixelRepresentation", 0) else ""
+        plugins = [ours] if ours else _decoding_plugins(decoder.available_plugins, exclude=jpeg12_plugin)
+    errors = []
+    for plugin in plugins:
+        try:
+            arr = pixel_array(ds, index=frame if frames > 1 else None, decoding_plugin=plugin)
+            break
+        except Exception as e:  # truncated or corrupt pixel data, codec errors
+            text = str(e)
+            if text.startswith("Unable to decode"):  # pydicom's summary: keep the plugin's own line
+                text = text.split("plugins:", 1)[-1].strip()
+            errors.append(text if plugin and text.startswith(plugin) else f"{type(e).__name__}: {text}")
+    else:
         hint = ("; 12-bit JPEG needs python-gdcm (`pip install python-gdcm`) or the GPL extra "
-                "`pip install medhash-sdk[gpl-codecs]`" if twelve_bit_jpeg and not plugin else "")
-        raise ImageReadError(source, f"DICOM pixel data could not be decoded ({type(e).__name__}: {e}){hint}") from e
+                "`pip install medhash-sdk[gpl-codecs]`" if twelve_bit_jpeg and not jpeg12_plugin else "")
+        raise ImageReadError(source, f"DICOM pixel data could not be decoded ({'; '.join(errors)}){hint}")
     facts["frame"] = frame
     if arr.ndim == 3 and frames > 1 and arr.shape[0] == frames:  # defensive: a decoder returned all frames
         arr = arr[frame]

@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.pixels import convert_color_space
-from pydicom.uid import JPEG2000Lossless, RLELossless
+from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from _dicom_files import make_dataset, save, to_jpeg_lossless
 from medhash_sdk import readers
@@ -200,6 +200,13 @@ def test_12bit_jpeg_extended_decodes_like_dcmtk(tmp_path, u8):
         # the samples dcmtk's decoder gives, so the same picture (lossy, but near the original)
         np.testing.assert_array_equal(im.pixels, readers.read_image(tmp_path / f"{name}-back.dcm").pixels)
         assert np.corrcoef(im.pixels.ravel(), readers.read_image(raw).pixels.ravel())[0, 1] > 0.99, name
+    # the same 12-bit stream as a JPEG file of its own (OpenCV reads 8-bit JPEG only): GDCM too
+    from pydicom.encaps import generate_frames
+    stream = next(generate_frames(pydicom.dcmread(tmp_path / "j12.dcm").PixelData, number_of_frames=1))
+    (tmp_path / "j12.jpg").write_bytes(stream)
+    im = readers.read_image(tmp_path / "j12.jpg")
+    assert im.facts["format"] == "jpeg" and im.facts["bits_stored"] == 12
+    np.testing.assert_array_equal(im.pixels, pydicom.dcmread(tmp_path / "j12-back.dcm").pixel_array)
 
 
 def test_12bit_jpeg_plugin_refuses_what_it_cannot_decode(tmp_path, u8):
@@ -223,6 +230,40 @@ def test_12bit_jpeg_plugin_refuses_what_it_cannot_decode(tmp_path, u8):
         out = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, (name, out.returncode, out.stderr[-500:])
         assert out.stdout.strip() in ("ImageReadError", "UnsupportedImageError"), (name, out.stdout, out.stderr[-500:])
+
+
+def test_gdcm_decodes_only_what_nothing_else_can(tmp_path, u8, monkeypatch):
+    """GDCM's binding aborts the process on some damaged streams (the fuzzer found a JPEG 2000
+    one), so it is never handed a stream that another decoder exists for, damaged or not."""
+    import pydicom.pixels
+
+    tried: list[str] = []
+    original = pydicom.pixels.pixel_array
+
+    def recording(*args, **kwargs):
+        tried.append(kwargs.get("decoding_plugin", ""))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pydicom.pixels, "pixel_array", recording)
+    stored = u8.astype(np.uint16) * 16
+    for syntax, start in ((JPEG2000Lossless, b"\xff\x4f\xff\x51"), (JPEGLSLossless, b"\xff\xd8")):
+        ds = make_dataset(stored, bits_stored=12)
+        ds.compress(syntax)
+        data = save(ds, tmp_path / "c.dcm").read_bytes()
+        tried.clear()
+        readers.read_bytes(data, "c.dcm")
+        assert tried and all(p not in ("", "gdcm") for p in tried), (syntax.name, tried)  # "": all, GDCM too
+        # the codestream's header wiped: refused by the others, and GDCM is not asked
+        at = data.index(start, data.index(b"\xfe\xff\x00\xe0")) + 2
+        tried.clear()
+        with pytest.raises(ImageReadError, match="could not be decoded"):
+            readers.read_bytes(data[:at] + bytes(40) + data[at + 40:], "bad.dcm")
+        assert tried and all(p not in ("", "gdcm") for p in tried), (syntax.name, tried)  # "": all, GDCM too
+    pytest.importorskip("gdcm", reason="python-gdcm decodes JPEG Lossless")
+    tried.clear()
+    readers.read_image(to_jpeg_lossless(save(make_dataset(stored, bits_stored=12), tmp_path / "r.dcm"),
+                                        tmp_path / "l.dcm"))
+    assert tried in (["gdcm"], ["pylibjpeg"]), tried  # pylibjpeg: where the GPL extra is installed
 
 
 def test_tiff_header_in_the_preamble_is_read_as_dicom(tmp_path, u8):

@@ -24,7 +24,7 @@ def test_mutated_files_decode_or_raise_image_read_error():
     assert not failures, failures
     assert sum(stats.values()) == 420
     # both outcomes occur for every container, so the mutations really reach the decoders
-    for name in ("dcm", "dcm_rle", "dcm_j2k", "jpeg", "tiff"):
+    for name in ("dcm", "dcm_rle", "dcm_j2k", "dcm_jls", "dcm_jpll", "dcm_jpeg12", "jpeg", "jpeg12", "tiff"):
         assert stats[f"{name}: ok"] > 0 and stats[f"{name}: refused"] > 0, (name, stats)
 
 
