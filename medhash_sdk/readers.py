@@ -283,19 +283,28 @@ def _dicom_to_unit(arr: np.ndarray, ds: Any, facts: dict[str, Any]) -> np.ndarra
     pad = _padding_mask(arr, ds)
     if pad is not None and not pad.all():
         x = np.where(pad, np.asarray(x)[~pad].min(), x).astype(np.asarray(x).dtype, copy=False)
+    # the file's display mapping: VOI LUT, else window, else min-max. One that cannot be applied
+    # (a damaged LUT, a zero width) is a bad display hint, not a bad picture: the next one is used
+    out, skipped = None, []
     if "VOILUTSequence" in ds and ds.VOILUTSequence:
-        y = apply_voi(x, ds, index=0)
-        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-        out = np.clip(y.astype(np.float32) / np.float32(2 ** bits - 1), 0.0, 1.0)
-        facts["intensity"] = "VOI LUT"
-    elif "WindowCenter" in ds and "WindowWidth" in ds:
-        center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
-        function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
-        out = _window(x, center, width, function)
-        facts["intensity"] = f"window C={center:g} W={width:g} ({function})"
-    else:
+        try:
+            y = apply_voi(x, ds, index=0)
+            bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+            out = np.clip(y.astype(np.float32) / np.float32(2 ** bits - 1), 0.0, 1.0)
+            facts["intensity"] = "VOI LUT"
+        except (ValueError, KeyError, AttributeError, TypeError, IndexError, NotImplementedError) as e:
+            skipped.append(f"VOI LUT unusable: {e}")
+    if out is None and "WindowCenter" in ds and "WindowWidth" in ds:
+        try:
+            center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+            function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+            out = _window(x, center, width, function)
+            facts["intensity"] = f"window C={center:g} W={width:g} ({function})"
+        except (ValueError, TypeError, IndexError) as e:
+            skipped.append(f"window unusable: {e}")
+    if out is None:
         out = to_unit_float(np.asarray(x))
-        facts["intensity"] = "min-max (no window in the file)"
+        facts["intensity"] = "min-max (" + ("; ".join(skipped) or "no window in the file") + ")"
     if photometric == "MONOCHROME1":
         out = np.float32(1.0) - out
     if pad is not None:

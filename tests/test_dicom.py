@@ -232,6 +232,24 @@ def test_12bit_jpeg_plugin_refuses_what_it_cannot_decode(tmp_path, u8):
         assert out.stdout.strip() in ("ImageReadError", "UnsupportedImageError"), (name, out.stdout, out.stderr[-500:])
 
 
+def test_unusable_window_falls_back_to_min_max(tmp_path, u8):
+    """A zero window width or a damaged VOI LUT is a bad display hint, not a bad picture: the
+    image is read with the next mapping (min-max here), and the facts say why."""
+    stored = u8.astype(np.uint16) * 16
+    plain = readers.read_image(save(make_dataset(stored, bits_stored=12), tmp_path / "p.dcm")).pixels
+    im = readers.read_image(save(make_dataset(stored, bits_stored=12, WindowCenter=2048, WindowWidth=0),
+                                 tmp_path / "w0.dcm"))
+    np.testing.assert_array_equal(im.pixels, plain)
+    assert "window unusable" in im.facts["intensity"]
+    lut = pydicom.Dataset()
+    lut.LUTDescriptor = [4096, 0, 7]  # 7-bit entries: pydicom refuses (8 or 16)
+    lut.add_new(0x00283006, "US", list(range(4096)))  # LUTData
+    ds = make_dataset(stored, bits_stored=12, WindowCenter=2048, WindowWidth=4096)
+    ds.VOILUTSequence = [lut]
+    im = readers.read_image(save(ds, tmp_path / "lut.dcm"))
+    assert im.facts["intensity"].startswith("window C=2048"), im.facts["intensity"]
+
+
 def test_gdcm_decodes_only_what_nothing_else_can(tmp_path, u8, monkeypatch):
     """GDCM's binding aborts the process on some damaged streams (the fuzzer found a JPEG 2000
     one), so it is never handed a stream that another decoder exists for, damaged or not."""
