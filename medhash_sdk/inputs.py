@@ -13,7 +13,8 @@ CSV/TSV file with a path column (and optionally an id column and label columns).
 * Directories: files with the extension of a format the readers decode
   (medhash_sdk.readers.IMAGE_SUFFIXES: PNG, JPEG, TIFF, DICOM) are taken; other files are
   taken when they start like a DICOM file (``DICM`` at byte 128), since DICOM files often have
-  no extension. Hidden files and folders (``.name``) are skipped.
+  no extension. Hidden files and folders (``.name``) are skipped. Linked folders are followed,
+  each folder walked once (links back up the tree would list images again, or loop).
 * CSV/TSV tables are read by the one table rule of medhash_sdk.tables (path column, relative
   paths), shared with training data.
 """
@@ -81,10 +82,41 @@ def _kind(path: str) -> str:
     return "dicom" if is_dicom_file(path) else "image"
 
 
+def _inside_walk(target: str, root_real: str) -> bool:
+    """True if the walk of root_real reaches the real directory target by itself (it lies
+    under root_real, through no hidden folder)."""
+    if target == root_real:
+        return True
+    if not target.startswith(root_real.rstrip(os.sep) + os.sep):
+        return False
+    return not any(part.startswith(".") for part in os.path.relpath(target, root_real).split(os.sep))
+
+
 def _walk(root: str) -> Iterable[Item]:
+    """Every image under root once. Linked folders are followed, except those the walk reaches
+    by their own path (each image keeps that id) or has walked already: a link back up the
+    tree (``latest -> ..``) would otherwise list the same images again at every depth, or
+    without end where two such links branch."""
     found: list[tuple[str, str]] = []
+    root_real = os.path.realpath(root)
+    walked: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        try:
+            st = os.stat(dirpath)
+        except OSError:  # vanished or unreadable since it was listed
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in walked:
+            dirnames[:] = []
+            continue
+        walked.add((st.st_dev, st.st_ino))
+        keep = []
+        for d in sorted(dirnames):
+            full = os.path.join(dirpath, d)
+            if d.startswith(".") or (os.path.islink(full) and _inside_walk(os.path.realpath(full), root_real)):
+                continue
+            keep.append(d)
+        dirnames[:] = keep
         for name in filenames:
             if name.startswith("."):
                 continue

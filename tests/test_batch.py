@@ -101,6 +101,26 @@ def test_discover_directory_order_ids_and_kinds(tmp_path, small_pngs):
         os.chdir(cwd)
 
 
+def test_discover_follows_linked_folders_once(tmp_path, small_pngs):
+    """Links back up the tree (``latest -> ..``) list nothing twice, two of them do not branch
+    without end, and a linked folder outside the tree or behind a hidden one is still read."""
+    root = tmp_path / "data"
+    (root / "a").mkdir(parents=True)
+    (root / ".raw").mkdir()
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    for i, d in enumerate((root / "a", root / ".raw", outside)):
+        cv2.imwrite(str(d / f"img{i}.png"), small_pngs[i])
+    os.symlink("..", root / "a" / "up")
+    os.symlink("..", root / "a" / "up2")
+    os.symlink(root, root / "a" / "root")
+    os.symlink(root / "a", root / "same-as-a")
+    os.symlink(outside, root / "ext")
+    os.symlink(root / ".raw", root / "raw")
+    ids = [it.id for it in discover([root]).items]
+    assert ids == ["a/img0.png", "ext/img2.png", "raw/img1.png"], ids
+
+
 def test_discover_file_list_csv(tmp_path, small_pngs):
     d = tmp_path / "imgs"
     d.mkdir()
