@@ -498,6 +498,8 @@ def from_array(array: np.ndarray, source: str = "<array>", *, max_pixels: int = 
         raise ValueError(f"{source}: empty image of shape {a.shape}")
     if a.shape[0] * a.shape[1] > max_pixels:
         raise ValueError(f"{source}: image of {a.shape[1]} x {a.shape[0]} exceeds max_pixels={max_pixels:,}")
+    if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+        raise ValueError(f"{source}: image contains NaN or infinite values")
     return Image(a, source, {"format": "array", "dtype": str(a.dtype), "height": int(a.shape[0]),
                              "width": int(a.shape[1]), "channels": 1 if a.ndim == 2 else int(a.shape[2])})
 

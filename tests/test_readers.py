@@ -82,6 +82,8 @@ def test_bytes_and_arrays(real):
         readers.load(np.array([["a"]]))
     with pytest.raises(TypeError, match="file path"):
         readers.load(3.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="input #7 .*NaN"):  # which one of a batch
+        readers.load(np.full((8, 8), np.nan, np.float32), name="input #7 (array)")
 
 
 @pytest.mark.parametrize("content, reason", [
