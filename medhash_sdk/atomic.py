@@ -7,6 +7,7 @@ on POSIX), then the folder fsynced so the rename itself survives a power cut.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 from typing import IO, Any, Iterator
@@ -50,6 +51,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
     one). On any exception the temporary file is removed and `path` is left as it was.
     """
     target = os.path.abspath(os.fspath(path))
+    if os.path.isdir(target):  # refused before anything is written (os.replace would fail at the end)
+        raise IsADirectoryError(errno.EISDIR, "a folder, not a file: name a file inside it", os.fspath(path))
     folder = os.path.dirname(target)
     os.makedirs(folder, exist_ok=True)
     tmp = _create_temporary(folder, os.path.basename(target))

@@ -35,3 +35,11 @@ def test_replacement_keeps_mode_and_failure_keeps_old_file(tmp_path):
             raise RuntimeError("crash while writing")
     assert target.read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]       # no temporary left behind
+
+
+def test_a_folder_as_target_is_refused_before_writing(tmp_path):
+    (tmp_path / "d").mkdir()
+    with pytest.raises(IsADirectoryError, match="name a file inside it"):
+        with atomic_open(tmp_path / "d") as f:
+            raise AssertionError(f"opened {f.name}")
+    assert [p.name for p in tmp_path.iterdir()] == ["d"] and not any((tmp_path / "d").iterdir())
