@@ -17,7 +17,9 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import multiprocessing
+import os
 import sys
+import time
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Iterable, Iterator, Sequence, TypeVar
@@ -25,7 +27,7 @@ from typing import Any, Callable, Generic, Iterable, Iterator, Sequence, TypeVar
 import numpy as np
 
 from ._system import available_cpus
-from .exceptions import MedhashError
+from .exceptions import ImageReadError, MedhashError
 from .validation import check_choice, check_int
 
 T = TypeVar("T")
@@ -49,20 +51,39 @@ class DecodePools:
         self._threads: cf.ThreadPoolExecutor | None = None
         self._procs: cf.ProcessPoolExecutor | None = None
 
+    def in_processes(self, kind: str) -> bool:
+        """Whether inputs of this kind are decoded in the process pool."""
+        return self.mode == "process" or (self.mode == "auto" and kind == "dicom")
+
+    def restart_processes(self) -> None:
+        """Drop a process pool that a dying worker broke; the next submit starts a new one."""
+        if self._procs is not None:
+            _stop_broken_pool(self._procs)
+        self._procs = None
+
     def submit(self, fn: Callable[[Any], Any], arg: Any, kind: str = "image") -> cf.Future:
         """Run fn(arg) in the pool for this kind of input ("dicom" or anything else)."""
-        if self.mode == "process" or (self.mode == "auto" and kind == "dicom"):
+        if self.in_processes(kind):
             if self._procs is None:
                 self._procs = cf.ProcessPoolExecutor(self.workers, mp_context=process_context())
-            return self._procs.submit(fn, arg)
+            try:
+                return self._procs.submit(fn, arg)
+            except BrokenProcessPool as e:  # broken by an input still in flight: decode_ahead sorts it out
+                lost: cf.Future = cf.Future()
+                lost.set_exception(e)
+                return lost
         if self._threads is None:
             self._threads = cf.ThreadPoolExecutor(self.workers, thread_name_prefix="medhash-decode")
         return self._threads.submit(fn, arg)
 
     def close(self) -> None:
-        for p in (self._threads, self._procs):
-            if p is not None:
-                p.shutdown(wait=True, cancel_futures=True)
+        if self._threads is not None:
+            self._threads.shutdown(wait=True, cancel_futures=True)
+        if self._procs is not None:
+            if getattr(self._procs, "_broken", False):
+                _stop_broken_pool(self._procs)
+            else:
+                self._procs.shutdown(wait=True, cancel_futures=True)
         self._threads = self._procs = None
 
     def __enter__(self) -> "DecodePools":
@@ -70,6 +91,25 @@ class DecodePools:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _stop_broken_pool(pool: cf.ProcessPoolExecutor, timeout: float = 10.0) -> None:
+    """Shut down a pool a dead worker broke, without hanging.
+
+    Its manager thread terminates the workers and joins them; but a worker that a submit()
+    started while the pool was breaking (CPython starts workers on demand for forkserver and
+    spawn) can miss both and block that join, and so interpreter exit, for ever. Such
+    stragglers are killed until the manager thread is done.
+    """
+    manager = getattr(pool, "_executor_manager_thread", None)   # shutdown() forgets both
+    workers = getattr(pool, "_processes", None) or {}
+    pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + timeout
+    while manager is not None and manager.is_alive() and time.monotonic() < deadline:
+        for proc in list(workers.values()):
+            if proc.is_alive():
+                proc.kill()
+        manager.join(0.05)
 
 
 def process_context() -> Any:
@@ -119,6 +159,12 @@ def decode_ahead(items: Iterable[T], load: Callable[[Any], Any], *, workers: int
     what load receives (default the item itself; a picklable value for process pools).
     window: inputs in flight at most (default 4 x workers). A failing load() becomes
     Decoded.error; the caller decides whether to raise it or go on.
+
+    A decode process that dies (a native decoder crashing on a damaged file, or the kernel's
+    out-of-memory killer) breaks the whole process pool, and every input in flight with it.
+    The pool is restarted and the input at the head is decoded again on its own: if its
+    process dies again, that input is the one (ImageReadError for it, and the job goes on);
+    otherwise the inputs behind it are sent again, until the one that kills is at the head.
     """
     arg = arg or (lambda item: item)
     kind = kind or (lambda item: "image")
@@ -148,10 +194,13 @@ def decode_ahead(items: Iterable[T], load: Callable[[Any], Any], *, workers: int
             item, fut = pending.popleft()
             try:
                 done = Decoded(item, fut.result())
-            except BrokenProcessPool as e:
-                raise MedhashError(
-                    f"a decode process died while reading {arg(item)} or a neighbour (a crash in a native "
-                    "decoder, or out of memory); use the thread pool (--pool thread) to find the input") from e
+            except BrokenProcessPool:
+                done = _decode_alone(pools, load, arg, kind, item)
+                # the others in flight in the broken pool were lost with it: send them again
+                for i, (other, f) in enumerate(pending):
+                    finished = f.done() and not f.cancelled() and f.exception() is None
+                    if pools.in_processes(kind(other)) and not finished:
+                        pending[i] = (other, pools.submit(load, arg(other), kind(other)))
             except Exception as e:  # noqa: BLE001 - the caller decides: raise it or list it
                 done = Decoded(item, None, e)
             refill()   # keep the decoders busy while the caller runs the model
@@ -164,6 +213,40 @@ def decode_ahead(items: Iterable[T], load: Callable[[Any], Any], *, workers: int
 
 
 _END: Any = object()
+
+
+def _decode_alone(pools: DecodePools, load: Callable[[Any], Any], arg: Callable[[Any], Any],
+                  kind: Callable[[Any], str], item: Any) -> Decoded[Any]:
+    """Decode one input in a fresh process pool with nothing else in flight (see decode_ahead)."""
+    pools.restart_processes()
+    try:
+        return Decoded(item, pools.submit(load, arg(item), kind(item)).result())
+    except BrokenProcessPool:
+        pools.restart_processes()
+    except Exception as e:  # noqa: BLE001 - as in decode_ahead
+        return Decoded(item, None, e)
+    # it, or the processes themselves? One that is given nothing to decode must live
+    try:
+        pools.submit(_alive, None, kind(item)).result()
+    except BrokenProcessPool as e:
+        pools.restart_processes()
+        raise MedhashError("decode processes die even with nothing to decode (they cannot start here: "
+                           "memory, or a main module they cannot import); use the thread pool (--pool thread)") from e
+    return Decoded(item, None, ImageReadError(
+        _input_name(arg(item)), "its decoder process died reading it (a native decoder crashed on the "
+                                "file, or the process ran out of memory)"))
+
+
+def _alive(_: Any) -> bool:
+    """What a healthy decode process answers (_decode_alone)."""
+    return True
+
+
+def _input_name(a: Any) -> str:
+    """A readable name for what load() received: a path, or "input #i" for Encoder's (i, item)."""
+    if isinstance(a, tuple) and len(a) == 2 and isinstance(a[0], int):
+        return _input_name(a[1]) if isinstance(a[1], (str, os.PathLike)) else f"input #{a[0]}"
+    return os.fspath(a) if isinstance(a, (str, os.PathLike)) else type(a).__name__
 
 
 def _run_inline(load: Callable[[Any], Any], arg: Callable[[Any], Any], item: Any) -> Decoded[Any]:
