@@ -66,11 +66,21 @@ class DecodePools:
         if self.in_processes(kind):
             if self._procs is None:
                 self._procs = cf.ProcessPoolExecutor(self.workers, mp_context=process_context())
+                # CPython >= 3.11 starts forkserver / spawn workers on demand, inside submit(): one
+                # started while a dead worker is breaking the pool can be handed a queue the pool
+                # is closing, which kills the fork server (every later pool then fails). All
+                # workers start with the first submit instead (as for fork), none later.
+                if hasattr(self._procs, "_safe_to_dynamically_spawn_children"):
+                    self._procs._safe_to_dynamically_spawn_children = False
             try:
                 return self._procs.submit(fn, arg)
-            except BrokenProcessPool as e:  # broken by an input still in flight: decode_ahead sorts it out
+            except (BrokenProcessPool, OSError) as e:
+                # broken by an input still in flight (starting a worker can then meet its closed
+                # queue: OSError): decode_ahead sorts it out when this input reaches the head
+                if not isinstance(e, BrokenProcessPool) and not getattr(self._procs, "_broken", False):
+                    raise
                 lost: cf.Future = cf.Future()
-                lost.set_exception(e)
+                lost.set_exception(BrokenProcessPool(str(e)))
                 return lost
         if self._threads is None:
             self._threads = cf.ThreadPoolExecutor(self.workers, thread_name_prefix="medhash-decode")
