@@ -25,8 +25,8 @@ say how many frames the file has. Codecs in the base install: uncompressed, defl
 JPEG baseline/extended 8-bit (pillow), 12-bit (medhash_sdk._dicom_jpeg12: GDCM), lossless
 (python-gdcm), JPEG-LS (pyjpegls), JPEG 2000 and HTJ2K (pylibjpeg-openjpeg), RLE
 (pylibjpeg-rle). All of them are permissively licensed; GDCM reads only what no other
-installed decoder can (``_decoding_plugins``). ``DICM`` at byte 128 makes a file DICOM before any other
-magic is looked at: the preamble may hold a TIFF header (PS3.10 7.1).
+installed decoder can (``_decoding_plugins``). ``DICM`` at byte 128 makes a file DICOM before
+any other magic is looked at: the preamble may hold a TIFF header (PS3.10 7.1).
 """
 from __future__ import annotations
 
@@ -59,8 +59,8 @@ DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic", ".ima"})
 RASTER_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff"})
 #: Every extension input discovery takes as an image: exactly the formats read here.
 IMAGE_SUFFIXES = RASTER_SUFFIXES | DICOM_SUFFIXES
-# Transfer syntaxes whose decoders are only GPL (pylibjpeg-libjpeg) when python-gdcm is absent
 _JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"  # 8- or 12-bit lossy JPEG
+# Transfer syntaxes whose decoders are only GPL (pylibjpeg-libjpeg) when python-gdcm is absent
 _LOSSLESS_JPEG = {"1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
                   "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
 
