@@ -331,3 +331,7 @@ def test_two_jobs_on_one_directory_refused(tmp_path, small_pngs, enc):
         with pytest.raises(ShardDirError, match="another medhash encode"):
             encode_to_shards([d], tmp_path / "out", model=enc, show_progress_bar=False)
     assert encode_to_shards([d], tmp_path / "out", model=enc, show_progress_bar=False).n_encoded == 1
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(ShardDirError, match="is a file"):
+        encode_to_shards([d], tmp_path / "a-file", model=enc, show_progress_bar=False)
+    assert (tmp_path / "a-file").read_text() == "not a folder"

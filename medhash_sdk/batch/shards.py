@@ -63,6 +63,8 @@ class ShardDir:
         """
         import fcntl
 
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise ShardDirError(f"{self.path}: is a file; the output of medhash encode is a folder")
         os.makedirs(self.path, exist_ok=True)
         fd = os.open(os.path.join(self.path, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
