@@ -107,9 +107,9 @@ def _stop_broken_pool(pool: cf.ProcessPoolExecutor, timeout: float = 10.0) -> No
     """Shut down a pool a dead worker broke, without hanging.
 
     Its manager thread terminates the workers and joins them; but a worker that a submit()
-    started while the pool was breaking (CPython starts workers on demand for forkserver and
-    spawn) can miss both and block that join, and so interpreter exit, for ever. Such
-    stragglers are killed until the manager thread is done.
+    started while the pool was breaking can miss both and block that join, and so interpreter
+    exit, for ever. DecodePools.submit stops CPython >= 3.11 from starting workers late;
+    Python 3.10 still does, so such stragglers are killed until the manager thread is done.
     """
     manager = getattr(pool, "_executor_manager_thread", None)   # shutdown() forgets both
     workers = getattr(pool, "_processes", None) or {}

@@ -59,7 +59,6 @@ DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic", ".ima"})
 RASTER_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff"})
 #: Every extension input discovery takes as an image: exactly the formats read here.
 IMAGE_SUFFIXES = RASTER_SUFFIXES | DICOM_SUFFIXES
-_JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"  # 8- or 12-bit lossy JPEG
 # Transfer syntaxes whose decoders are only GPL (pylibjpeg-libjpeg) when python-gdcm is absent
 _LOSSLESS_JPEG = {"1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
                   "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
@@ -335,6 +334,7 @@ def _decode_dicom(data: bytes, source: str, max_pixels: int, frame: int, force: 
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import get_decoder, pixel_array
+    from pydicom.uid import JPEGExtended12Bit
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=force)
@@ -368,7 +368,7 @@ def _decode_dicom(data: bytes, source: str, max_pixels: int, frame: int, force: 
     from ._dicom_jpeg12 import register, stream_precision
 
     jpeg12_plugin = register()  # before any decoding (pydicom's plugin table is not thread-safe)
-    twelve_bit_jpeg = tsyntax == _JPEG_EXTENDED and stream_precision(ds.PixelData) == 12
+    twelve_bit_jpeg = tsyntax == JPEGExtended12Bit and stream_precision(ds.PixelData) == 12
     plugins = [""]  # native (uncompressed) data: pydicom's own
     if decoder.is_encapsulated:
         # signed 12-bit samples: whatever pydicom has (the GPL extra's decoder reads them; ours refuses)
