@@ -380,6 +380,11 @@ class IntIds:
             self._map.drop(rows, self.keys())
         self.col.drop(rows)
 
+    def reorder(self, order: np.ndarray) -> None:
+        """Row i becomes the old row order[i] (a permutation of every row)."""
+        self.col = Growable(self.col.data[order])
+        self._map = None  # rebuilt at the next id lookup
+
     @staticmethod
     def as_array(prepared: Any) -> np.ndarray:
         """The prepared ids as the array add() returns (int64)."""
@@ -503,6 +508,19 @@ class StrIds:
             np.cumsum(lengths[keep], out=new_off[1:])
             self.offsets = Growable(new_off)
         self.hashes.drop(rows)
+
+    def reorder(self, order: np.ndarray) -> None:
+        """Row i becomes the old row order[i] (a permutation of every row)."""
+        off = self.offsets.data
+        lengths = np.diff(off)[order]
+        new_off = np.zeros(len(order) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=new_off[1:])
+        # byte j of new row i is byte (j - new_off[i]) of old row order[i]
+        shift = np.repeat(off[:-1][order] - new_off[:-1], lengths)
+        self.blob = Growable(self.blob.data[shift + np.arange(int(new_off[-1]), dtype=np.int64)])
+        self.offsets = Growable(new_off)
+        self.hashes = Growable(self.hashes.data[order])
+        self._map = None
 
     @staticmethod
     def as_array(prepared: Any) -> np.ndarray:

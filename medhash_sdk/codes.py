@@ -69,3 +69,22 @@ def brute_force_search(queries: np.ndarray, codes: np.ndarray, k: int,
         rows[i, : order.size] = candidates[order]
         dist[i, : order.size] = di[order]
     return rows, dist
+
+
+def code_order(codes: np.ndarray) -> np.ndarray:
+    """Stable order (int64 (n,)) of packed codes (n, nbytes) by their bytes, the first byte
+    most significant: equal codes keep their relative order, and codes that share leading
+    bytes end up next to each other (Index.sort_by_code)."""
+    c = np.asarray(codes, dtype=np.uint8)
+    if c.ndim != 2:
+        raise ValueError(f"codes must be 2-D (n, nbytes), got shape {c.shape}")
+    n, nbytes = c.shape
+    words = -(-nbytes // 8)
+    if nbytes % 8:
+        padded = np.zeros((n, words * 8), dtype=np.uint8)
+        padded[:, :nbytes] = c
+        c = padded
+    keys = np.ascontiguousarray(c).view(">u8")  # (n, words): byte 0 is the most significant
+    if words == 1:
+        return np.argsort(keys[:, 0], kind="stable").astype(np.int64, copy=False)
+    return np.lexsort(keys.T[::-1]).astype(np.int64, copy=False)  # last key primary: reversed

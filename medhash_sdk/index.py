@@ -30,7 +30,7 @@ from . import _index_file
 from ._ids import DROP_IN_PLACE_MAX, INT64, STR, Growable, IntIds, StrIds, classify_ids, repeated
 from ._rwlock import RWLock
 from ._system import available_cpus
-from .codes import check_nbits
+from .codes import check_nbits, code_order
 from .exceptions import IndexFileError, ModelMismatchError
 from .validation import check_int
 
@@ -310,6 +310,33 @@ class Index:
                 store.drop(drop)
                 self._version += 1
             return len(drop)
+
+    def sort_by_code(self) -> None:
+        """Reorder the rows by code (medhash_sdk.codes.code_order), so that near codes sit
+        next to each other in memory, as PostgreSQL's CLUSTER orders a table by an index.
+
+        What for: multi-index searches (build_multi_index) read the rows they check one at a
+        time from all over the codes; with near codes stored together those reads share cache
+        lines. On 10M 64-bit codes grown from real ones, k = 100 took about 0.65x the time
+        (README, multi-index benchmark). The scan's speed does not change.
+        What changes: the row order, and with it the tie rule's "insertion order": from now
+        on equal distances rank in code order (equal codes keep their earlier order), like
+        Index.ids and Index.codes. Ids, codes and the distances of a search do not change;
+        rows added later go after the sorted ones. Multi-index tables are rebuilt at the next
+        search. Costs a sort and a copy of the codes and ids (about 2 s at 10M rows).
+        """
+        self._check_writable()
+        with self._lock.write():
+            n = len(self)
+            if n < 2 or self._ids is None:
+                return
+            order = code_order(self._codes.data)
+            if np.array_equal(order, np.arange(n)):
+                return
+            self._codes = Growable(self._codes.data[order])
+            self._ids.reorder(order)
+            self._version += 1
+            self._multi = None  # still wanted: the next search rebuilds the tables
 
     def get_codes(self, ids: Any) -> np.ndarray:
         """Codes of these ids, uint8 (m, nbytes) (a copy); KeyError if one is absent."""

@@ -134,6 +134,19 @@ def test_model_mismatch_and_unfinished_refused(built, models, indexed, capsys, t
     assert "--ray=ADDRESS" in capsys.readouterr().err
 
 
+def test_index_build_sort_by_code(built, models, indexed, tmp_path):
+    """--sort-by-code writes the same ids and codes as the plain build, rows in code order."""
+    assert indexed[2] == 0
+    sorted_path = tmp_path / "sorted.idx"
+    assert main(["index", "build", str(built / "shards"), "--out", str(sorted_path), "--sort-by-code"]) == 0
+    plain, ordered = Index.load(built / "codes.idx"), Index.load(sorted_path)
+    ids = list(plain.ids)
+    order = sorted(range(len(ids)), key=lambda i: (plain.codes[i].tobytes(), i))
+    assert list(ordered.ids) == [ids[i] for i in order]
+    np.testing.assert_array_equal(ordered.codes, plain.codes[order])
+    assert sorted_path.with_name("sorted.idx.sources.csv").is_file()
+
+
 def test_demo_with_a_test_model(models, tmp_path, capsys):
     model, _ = models
     assert main(["demo", "--model", str(model), "--out", str(tmp_path / "demo"), "-k", "2"]) == 0

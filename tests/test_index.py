@@ -521,3 +521,58 @@ def test_codes_property_follows_row_order_through_remove():
     assert idx.ids.tolist() == [50, 10, 20, 30]
     np.testing.assert_array_equal(idx.codes, codes[[0, 1, 3, 4]])
     assert Index(nbits=64).codes.shape == (0, 8)
+
+
+@pytest.mark.parametrize("kind", ["int", "str"])
+@pytest.mark.parametrize("nbytes", [1, 3, 8, 32])
+def test_sort_by_code_keeps_each_id_with_its_code(kind, nbytes, tmp_path):
+    """sort_by_code() puts the rows in code order (equal codes keep their order); every id
+    keeps its code, id lookups (contains, get_codes, remove, allow/deny, adding a present id)
+    follow the new rows, searches equal the reference over the new order, and the order is
+    what save()/load() keep."""
+    rng = np.random.default_rng(nbytes)
+    codes = np.concatenate([_clustered(300, nbytes, seed=nbytes), _codes(200, nbytes, seed=nbytes + 1)])
+    ids = [f"study-{i}-{'x' * (i % 7)}" for i in range(500)] if kind == "str" else \
+        rng.permutation(10_000)[:500].astype(np.int64)
+    idx = Index(nbytes * 8)
+    idx.add(codes, ids=ids)
+    by_id = dict(zip(list(ids), codes.tolist()))
+    assert ids[3] in idx  # builds the id -> row map, which the sort must not leave stale
+    idx.sort_by_code()
+    order = sorted(range(500), key=lambda i: (codes[i].tobytes(), i))
+    assert list(idx.ids) == [ids[i] for i in order]
+    np.testing.assert_array_equal(idx.codes, codes[order])
+    for x in list(ids)[::37]:
+        assert x in idx and idx.get_codes([x])[0].tolist() == by_id[x]
+    with pytest.raises(ValueError, match="already"):
+        idx.add(codes[:1], ids=[ids[5]])
+    queries = codes[::41]
+    allow = list(ids)[::3]
+    for k in (1, 10, 499, 600):
+        want_rows, want_d = brute_force_search(queries, idx.codes, k, allow=np.isin(idx.ids, allow))
+        got = idx.search(queries, k=k, allow=allow)
+        np.testing.assert_array_equal(got.distances, want_d)
+        want_ids = idx.ids[np.maximum(want_rows, 0)]
+        np.testing.assert_array_equal(got.ids[want_rows >= 0], want_ids[want_rows >= 0])
+    gone = [ids[i] for i in (0, 7, 499)]
+    idx.remove(gone)
+    assert not any(x in idx for x in gone) and len(idx) == 497
+    idx.verify()
+    idx.save(tmp_path / "sorted.mhi")
+    back = Index.load(tmp_path / "sorted.mhi")
+    assert list(back.ids) == list(idx.ids)
+    np.testing.assert_array_equal(back.codes, idx.codes)
+    added = idx.add(codes[:2]) if kind == "int" else idx.add(codes[:2], ids=["new-a", "new-b"])
+    assert list(idx.ids[-2:]) == list(added)  # later rows go after the sorted ones
+
+
+def test_sort_by_code_edge_cases(tmp_path):
+    idx = Index(64)
+    idx.sort_by_code()  # empty: nothing to do
+    idx.add(_codes(1))
+    idx.sort_by_code()
+    assert len(idx) == 1
+    idx.add(_codes(1, seed=3))
+    idx.save(tmp_path / "a.mhi")
+    with Index.view(tmp_path / "a.mhi") as view, pytest.raises(ValueError, match="read-only"):
+        view.sort_by_code()

@@ -281,3 +281,23 @@ def test_concurrent_searches_while_the_tables_are_rebuilt():
         got = list(pool.map(lambda i: idx.search(queries[i], k=10, threads=1).distances, range(64)))
     np.testing.assert_array_equal(np.stack(got), want)
     assert idx.multi_index is not None and idx.multi_index.rows == len(idx)
+
+
+@pytest.mark.parametrize("copy", [False, True], ids=["rows", "copied"])
+@pytest.mark.parametrize("mode", [ALWAYS_TABLES, ALWAYS_SCAN], ids=["tables", "scan"])
+def test_sort_by_code_rebuilds_the_tables(mode, copy):
+    """After Index.sort_by_code() the next search rebuilds the tables over the new row order;
+    answers stay the scan's (ties now by the sorted order), masks and later adds included."""
+    rng = np.random.default_rng(12)
+    codes = clustered(rng, 3000, 8)
+    idx = Index(64)
+    idx.add(codes, ids=rng.permutation(3000) + 100)
+    idx.build_multi_index(copy_codes=copy)
+    idx.sort_by_code()
+    assert idx.multi_index is None  # dropped: row numbers moved
+    with patience(mode):
+        check_equal(idx, codes[::50], 10)
+        assert idx.multi_index.rows == 3000 and idx.multi_index.copied_codes is copy
+        check_equal(idx, codes[::97], 100, allow=np.arange(3000) % 4 != 1)
+        idx.add(codes[:20], ids=np.arange(20))  # equal codes again, after the sorted rows
+        check_equal(idx, codes[:20], 40)

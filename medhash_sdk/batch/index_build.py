@@ -13,8 +13,11 @@ from .shards import MANIFEST, ShardDir, ShardDirError, sources_path
 
 
 def build_index(dirs: Sequence[str | os.PathLike[str]] | str | os.PathLike[str], out: str | os.PathLike[str], *,
-                fingerprint: str | None = None) -> tuple[int, str]:
+                fingerprint: str | None = None, sort_by_code: bool = False) -> tuple[int, str]:
     """Merge the shards of finished encode jobs into one Index file, plus its sources table.
+
+    sort_by_code: store the rows in code order (Index.sort_by_code), for an archive searched
+    with multi-index tables; otherwise rows follow the directories and their shards.
 
     Refuses (ShardDirError) a directory whose job is unfinished and (ModelMismatchError)
     shards of two models, or of another model than ``fingerprint`` when given. Writes
@@ -69,6 +72,8 @@ def build_index(dirs: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
                     for k, v in zip(where, vals):
                         row[k] = v
                     w.writerow([x, p, *row])
+    if sort_by_code:
+        index.sort_by_code()
     index.save(out)
     return len(index), os.fspath(out)
 

@@ -16,6 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out", required=True, help="index file to write (e.g. codes.idx)")
     b.add_argument("--model", default=None,
                    help="refuse unless the shards were made by this model (.onnx or .engine)")
+    b.add_argument("--sort-by-code", action="store_true",
+                   help="store the rows in code order (Index.sort_by_code): multi-index searches of a large "
+                        "archive read near codes together; equal distances then rank in code order")
     b.set_defaults(run=run_build)
     i = actions.add_parser("info", help="print an index file's size, code length and model fingerprint")
     i.add_argument("index", help="index file")
@@ -31,7 +34,7 @@ def run_build(args: argparse.Namespace) -> int:
         from ..encoder import Encoder
 
         fingerprint = Encoder(args.model, providers="cpu").fingerprint
-    n, path = build_index(args.dirs, args.out, fingerprint=fingerprint)
+    n, path = build_index(args.dirs, args.out, fingerprint=fingerprint, sort_by_code=args.sort_by_code)
     print(f"wrote {path} ({n} codes) and {sources_path(path)}", file=sys.stderr)
     return 0
 
