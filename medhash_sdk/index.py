@@ -447,7 +447,8 @@ class Index:
         remove() of up to 8 rows takes them out of the tables in place; more drop the tables
         and the next search rebuilds them. They live in memory only:
         after Index.load()/view(), call build_multi_index() again. Costs about
-        4 * substrings + 4 bytes a row.
+        4 * substrings + 4 bytes a row. Rows stored in code order (sort_by_code(), which
+        changes the tie order) make the tables 1.5-2.3x faster on learned codes.
 
         copy_codes: each table also keeps a copy of the codes in its own order, so a query
         reads the codes it checks in sequence rather than one random read each: about 1.6x
