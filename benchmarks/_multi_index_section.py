@@ -28,6 +28,11 @@ def _per_query(fn, queries: np.ndarray) -> tuple[float, list]:
     return (time.perf_counter() - t0) / len(queries), out
 
 
+def _same_answers(want: list, got: list) -> bool:
+    """Every query's (rows, distances) equal."""
+    return all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(want, got))
+
+
 def _recall(exact_rows: list[np.ndarray], found: list[np.ndarray], k: int) -> float:
     """Fraction of the exact k nearest (by distance: ties at the k-th count either way) found."""
     hits = 0
@@ -105,7 +110,7 @@ def bench(n: int, data_dir: Path, *, ks: list[int], nq: int, faiss_peers: bool, 
         rows.append({"engine": "medhash scan", "k": k, "ms": scan_s * 1e3, "recall": 1.0})
         for copy, name in ((False, "medhash multi-index"), (True, "medhash multi-index, copied codes")):
             mih_s, mih_out = _per_query(lambda q: _hamming.search(engine_codes, q, k, 1, None, tables[copy]), queries)
-            same = all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(scan_out, mih_out))
+            same = _same_answers(scan_out, mih_out)
             rows.append({"engine": name, "k": k, "ms": mih_s * 1e3, "recall": 1.0 if same else float("nan"),
                          "speedup": scan_s / mih_s, "same": same})
     # the same rows stored in code order (Index.sort_by_code): the tables' random reads of the
@@ -122,7 +127,7 @@ def bench(n: int, data_dir: Path, *, ks: list[int], nq: int, faiss_peers: bool, 
         scan_s, scan_out = _per_query(lambda q: _hamming.search(sorted_codes, q, k, 1, None, None), queries)
         rows.append({"engine": "medhash scan, rows sorted by code", "k": k, "ms": scan_s * 1e3, "recall": 1.0})
         mih_s, mih_out = _per_query(lambda q: _hamming.search(sorted_codes, q, k, 1, None, sorted_tables), queries)
-        same = all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(scan_out, mih_out))
+        same = _same_answers(scan_out, mih_out)
         rows.append({"engine": "medhash multi-index, rows sorted by code", "k": k, "ms": mih_s * 1e3,
                      "recall": 1.0 if same else float("nan"), "speedup": scan_s / mih_s, "same": same})
     if faiss_peers:

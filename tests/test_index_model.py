@@ -8,6 +8,9 @@ round trip must equal the model's.
 """
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -61,9 +64,6 @@ class IndexModel(RuleBasedStateMachine):
     @precondition(lambda self: self.rows)
     @rule()
     def save_and_load(self) -> None:
-        import os
-        import tempfile
-
         with tempfile.TemporaryDirectory() as d:
             self.index.save(os.path.join(d, "i.mhi"))
             back = Index.load(os.path.join(d, "i.mhi"))
