@@ -144,7 +144,7 @@ def test_train_recipe_flag_and_explicit_overrides():
 
 
 def test_pixel_bits_are_simhash_of_the_standardised_32px_input():
-    from medhash_train.attention import pixel_code_logits, pixel_projection
+    from medhash_train.attention import pixel_code_logits, pixel_projection, standardised_pixels
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, 1, 64, 64, generator=g)
@@ -160,6 +160,9 @@ def test_pixel_bits_are_simhash_of_the_standardised_32px_input():
     cos = float(torch.nn.functional.cosine_similarity(v[:1], v[1:]))
     differ = float(((a[0] > 0) != (a[1] > 0)).float().mean())
     assert differ == pytest.approx(math.acos(cos) / math.pi, abs=0.03)
+    v = standardised_pixels(x)        # what the bits project: unit vectors whose dot product is that cosine
+    assert float(v[0] @ v[1]) == pytest.approx(cos, abs=1e-5)
+    assert torch.allclose(v.norm(dim=1), torch.ones(2))
     with pytest.raises(ValueError, match="multiple of 32"):
         pixel_code_logits(torch.rand(1, 1, 48, 48), pixel_projection(8, 0))
 
@@ -330,6 +333,18 @@ def test_relational_distillation_is_zero_for_the_teachers_own_ranking_and_grows_
         TrainConfig(distill=1.0, members=2)
     with pytest.raises(ValueError, match="distill_members"):
         TrainConfig(distill=1.0, distill_members=1)
+
+
+def test_pixel_distillation_adds_the_raw_pixel_ranking_term():
+    rng = np.random.default_rng(4)
+    ds = two_label_set(rng, 32)
+    base = dict(method="dpsh-bce", nbits=16, input_size=32, width=0.125, epochs=1, batch_size=16, progress=False)
+    plain = train(TrainConfig(**base), ds).history[0]["loss"]
+    with_pixels = train(TrainConfig(**base, pixel_distill=1.0), ds).history[0]["loss"]
+    # same seed, same batches: the difference is the KL term, >= 0 and not zero for an untrained network
+    assert math.isfinite(with_pixels) and with_pixels > plain
+    with pytest.raises(ValueError, match="pixel_distill"):
+        TrainConfig(pixel_distill=-1.0)
 
 
 def test_distilled_training_trains_its_teacher_first_and_returns_one_network():

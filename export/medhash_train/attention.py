@@ -269,8 +269,15 @@ def pixel_projection(bits: int, seed: int) -> torch.Tensor:
 
 
 def pixel_code_logits(x: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
-    """tanh(PIXEL_SCALE * v @ proj) with v the input (N, C, S, S) averaged over channels and
-    down to PIXEL_SIZE^2 (S a multiple of it), centred and scaled to unit norm per image."""
+    """tanh(PIXEL_SCALE * v @ proj) with v = standardised_pixels(x)."""
+    v = standardised_pixels(x)
+    return torch.tanh(PIXEL_SCALE * (v @ proj.to(v.dtype)))
+
+
+def standardised_pixels(x: torch.Tensor) -> torch.Tensor:
+    """The raw-pixel reference's vectors (N, PIXEL_SIZE^2): the input (N, C, S, S) averaged over
+    channels and down to PIXEL_SIZE^2 (S a multiple of it), centred and scaled to unit norm per
+    image, so a dot product is the reference's cosine."""
     side = x.shape[-1]
     if side % PIXEL_SIZE or x.shape[-2] != side:
         raise ValueError(f"pixel bits need a square input whose side is a multiple of {PIXEL_SIZE}, got {tuple(x.shape)}")
@@ -279,8 +286,7 @@ def pixel_code_logits(x: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
         v = F.avg_pool2d(v, side // PIXEL_SIZE)
     v = v.flatten(1)
     v = v - v.mean(1, keepdim=True)
-    v = v / torch.clamp(torch.sqrt((v * v).sum(1, keepdim=True)), min=1e-6)
-    return torch.tanh(PIXEL_SCALE * (v @ proj.to(v.dtype)))
+    return v / torch.clamp(torch.sqrt((v * v).sum(1, keepdim=True)), min=1e-6)
 
 
 class ClassificationBranch(nn.Module):

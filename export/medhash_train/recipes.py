@@ -82,6 +82,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     # the instance term, less on the labels
     "con-features-pre-128b-ema0.995-mild-nt-w2": dict(_PRE, nbits=128, ema=0.995, views="mild-nt", contrastive=2.0),
     "con-features-pre-128b-ema0.995-mild-nt-mu0.5": dict(_PRE, nbits=128, ema=0.995, views="mild-nt", mu=0.5),
+    # the codes also learn the raw-pixel reference's ranking of each batch (trainer.TrainConfig.pixel_distill): raw
+    # pixels carry over between collections where the labels do not
+    "con-features-pre-128b-ema0.995-mild-nt-pix": dict(_PRE, nbits=128, ema=0.995, views="mild-nt", pixel_distill=1.0),
     "con-features-pre-128b-ema0.995-mild-nt-kd": dict(_PRE, nbits=128, ema=0.995, views="mild-nt", distill=1.0),   # the default model until 2026-12-06, late evening
     # two networks of 64 bits each: the ensemble at the one network's code length (128 bits), so
     # an index holds as many codes per GB and scans them as fast as before

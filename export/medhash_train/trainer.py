@@ -36,7 +36,7 @@ from medhash_sdk.datasets import ImageSet, to_network_input
 from medhash_sdk.evaluation import code_figures
 from medhash_sdk.preprocessing import Preprocessing
 
-from .attention import AttentionHashNet, NetConfig, build_model
+from .attention import AttentionHashNet, NetConfig, build_model, standardised_pixels
 from .contrastive import CONTRASTIVE_ON, ProjectionHead, nt_xent, strong_augment
 from .ensemble import EnsembleHashNet, relational_distillation
 from .evaluate import torch_codes
@@ -93,6 +93,8 @@ class TrainConfig:
     distill: float = 0.0             # > 0: first train an ensemble of distill_members networks of this recipe, then
                                      # this one network learns its ranking and probabilities too (this weight)
     distill_members: int = 2
+    pixel_distill: float = 0.0       # > 0: the codes also learn the raw-pixel reference's ranking of each batch
+                                     # (relational distillation from standardised 32 x 32 pixels, this weight)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -135,6 +137,8 @@ class TrainConfig:
             raise ValueError(f"distill is a loss weight >= 0, got {self.distill}")
         if self.distill > 0 and self.members > 1:
             raise ValueError("distill trains one network from an ensemble: set members=1 (distill_members sets the teacher)")
+        if self.pixel_distill < 0:
+            raise ValueError(f"pixel_distill is a loss weight >= 0, got {self.pixel_distill}")
         if self.distill > 0 and self.distill_members < 2:
             raise ValueError(f"distill_members (the teacher ensemble's size) must be >= 2, got {self.distill_members}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -357,6 +361,8 @@ def train(cfg: TrainConfig, ds: ImageSet, log: Callable[[str], None] | None = No
                     tu, tp, _ = teacher(xb[:len(idx)])
                 loss = loss + cfg.distill * (relational_distillation(u[:len(idx)], tu)
                                              + F.binary_cross_entropy_with_logits(logits[:len(idx)].float(), tp.float()))
+            if cfg.pixel_distill > 0:   # on the first view: who is near whom by the raw pixels
+                loss = loss + cfg.pixel_distill * relational_distillation(u[:len(idx)], standardised_pixels(xb[:len(idx)]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
