@@ -341,7 +341,7 @@ def test_pixel_distillation_adds_the_raw_pixel_ranking_term():
     base = dict(method="dpsh-bce", nbits=16, input_size=32, width=0.125, epochs=1, batch_size=16, progress=False)
     plain = train(TrainConfig(**base), ds).history[0]["loss"]
     with_pixels = train(TrainConfig(**base, pixel_distill=1.0), ds).history[0]["loss"]
-    # same seed, same batches: the difference is the KL term, >= 0 and not zero for an untrained network
+    # same seed and batches: the added KL term is >= 0, and not zero for networks that have not learned the pixels
     assert math.isfinite(with_pixels) and with_pixels > plain
     with pytest.raises(ValueError, match="pixel_distill"):
         TrainConfig(pixel_distill=-1.0)

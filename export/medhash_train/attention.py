@@ -280,7 +280,7 @@ def standardised_pixels(x: torch.Tensor) -> torch.Tensor:
     image, so a dot product is the reference's cosine."""
     side = x.shape[-1]
     if side % PIXEL_SIZE or x.shape[-2] != side:
-        raise ValueError(f"pixel bits need a square input whose side is a multiple of {PIXEL_SIZE}, got {tuple(x.shape)}")
+        raise ValueError(f"the raw-pixel reference needs a square input whose side is a multiple of {PIXEL_SIZE}, got {tuple(x.shape)}")
     v = x.float().mean(1, keepdim=True)
     if side > PIXEL_SIZE:
         v = F.avg_pool2d(v, side // PIXEL_SIZE)
