@@ -137,10 +137,10 @@ class TrainConfig:
             raise ValueError(f"distill is a loss weight >= 0, got {self.distill}")
         if self.distill > 0 and self.members > 1:
             raise ValueError("distill trains one network from an ensemble: set members=1 (distill_members sets the teacher)")
-        if self.pixel_distill < 0:
-            raise ValueError(f"pixel_distill is a loss weight >= 0, got {self.pixel_distill}")
         if self.distill > 0 and self.distill_members < 2:
             raise ValueError(f"distill_members (the teacher ensemble's size) must be >= 2, got {self.distill_members}")
+        if self.pixel_distill < 0:
+            raise ValueError(f"pixel_distill is a loss weight >= 0, got {self.pixel_distill}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
 
